@@ -1,0 +1,5 @@
+import sys
+
+from moelight.cli.main import main
+
+sys.exit(main())

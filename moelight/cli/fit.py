@@ -1,0 +1,105 @@
+"""`moelight fit [RECIPE] [overrides] [--resume last|PATH]`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from rich.console import Console
+
+from moelight.cli.args import split_args
+from moelight.errors import MoelightError
+from moelight.recipe import Recipe, load_recipe
+from moelight.training.checkpoint_io import check_checkpoint_file
+from moelight.training.trainer import build_trainer, checkpoint_dir
+
+HELP = """usage: moelight fit [RECIPE.yaml] [key.path=value | --key.path value ...] [--resume last|PATH]
+
+Train the model a recipe describes. Without a recipe, the embedded default (recipes/quickstart.yaml)
+is used. Overrides are parsed as YAML scalars, e.g. trainer.max_steps=50 --router.name c2r.
+  --resume last   continue from <trainer.out_dir>/checkpoints/last.ckpt (step count and data position)
+  --resume PATH   continue from a given checkpoint
+  --print-recipe  print the validated recipe and exit
+"""
+
+console = Console()
+
+
+def resolve_resume(recipe: Recipe, resume: str | None) -> str | None:
+    if resume is None:
+        return None
+    if resume == "last":
+        candidates = [checkpoint_dir(recipe) / "last.ckpt", checkpoint_dir(recipe) / "last"]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise MoelightError(
+                f"--resume last: no checkpoint in {checkpoint_dir(recipe)} (train first, or set trainer.out_dir)"
+            )
+        resume = str(found)
+    check_checkpoint_file(resume)
+    return resume
+
+
+def report_model(recipe: Recipe) -> None:
+    from moelight.model.build import build_model, count_parameters, flops_per_token, layer_contexts
+
+    contexts = layer_contexts(recipe)  # reads profile and placement files, so outside the meta block
+    with torch.device("meta"):  # builds every plugin (validating it) without allocating weights
+        model = build_model(recipe, contexts=contexts)
+    counts = count_parameters(model, recipe)
+    console.print(
+        f"[bold]model[/]: {counts['total'] / 1e6:.2f}M parameters "
+        f"({counts['active'] / 1e6:.2f}M active per token; experts {counts['experts'] / 1e6:.2f}M), "
+        f"{recipe.model.num_experts} experts top-{recipe.model.top_k}, router [cyan]{recipe.router['name']}[/], "
+        f"dispatcher [cyan]{recipe.dispatcher['name']}[/], "
+        f"{flops_per_token(model, recipe) / 1e6:.1f} MFLOP/token (train)"
+    )
+
+
+def run(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(HELP)
+        return 0
+    args = split_args(argv, value_flags=("--resume",), bool_flags=("--print-recipe",))
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.flags.get("--print-recipe"):
+        print(recipe.to_yaml())
+        return 0
+    ckpt_path = resolve_resume(recipe, args.flags.get("--resume"))
+    return fit(recipe, ckpt_path)
+
+
+def fit(recipe: Recipe, ckpt_path: str | None = None) -> int:
+    from moelight.data.datamodule import MoEDataModule
+    from moelight.training.module import MoELanguageModel
+
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    report_model(recipe)
+    datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
+    module = MoELanguageModel(recipe)
+    trainer = build_trainer(recipe)
+    Path(recipe.trainer.out_dir).mkdir(parents=True, exist_ok=True)
+    if trainer.is_global_zero:
+        (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    wall = time.perf_counter() - start
+    if trainer.received_sigterm:
+        # Lightning saved and returned normally; schedulers must still see a preemption.
+        console.print("[yellow]stopped by SIGTERM; the last checkpoint is saved[/]")
+        return 143
+    if trainer.is_global_zero:
+        val = trainer.callback_metrics.get("val/loss")
+        val_text = f"val loss {float(val):.4f}, " if val is not None else ""
+        console.print(
+            f"[bold green]done[/]: {trainer.global_step} steps in {wall:.1f}s, {val_text}"
+            f"checkpoints in {checkpoint_dir(recipe)}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,65 @@
+"""`moelight <verb>`: fit, plugins, profile, bench, convert."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+from moelight.errors import MoelightError
+
+VERBS = {
+    "fit": ("moelight.cli.fit", "train a model from a recipe"),
+    "plugins": ("moelight.cli.plugins", "list installed routers and dispatchers"),
+    "profile": ("moelight.cli.profile", "collaboration statistics, placement and plots of a checkpoint"),
+    "bench": ("moelight.cli.bench", "benchmark dispatchers, layers and all2all"),
+    "convert": ("moelight.cli.convert", "Hugging Face MoE checkpoints in and out"),
+}
+
+err_console = Console(stderr=True)
+
+
+def usage() -> str:
+    lines = ["usage: moelight <verb> [args]", "", "verbs:"]
+    lines += [f"  {verb:<9} {help_}" for verb, (_, help_) in VERBS.items()]
+    lines += ["", "Run `moelight <verb> --help` for a verb's options."]
+    return "\n".join(lines)
+
+
+def quiet_third_party() -> None:
+    """Hide advertising and deprecation chatter that says nothing about the user's run."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "Tip:" not in str(record.msg))
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        err_console.print(f"[bold red]error:[/] unknown verb {verb!r}; allowed: {', '.join(VERBS)}")
+        return 2
+    import importlib
+
+    try:
+        module = importlib.import_module(VERBS[verb][0])
+        code = module.run(rest)
+    except MoelightError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

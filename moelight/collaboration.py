@@ -1,0 +1,147 @@
+"""Expert collaboration: co-activation counts, collaborator lists, and reading profiles.
+
+Collaboration of experts i and j in a layer is the number of tokens routed to both (the
+diagonal is excluded). Expert i's collaborator list is the other experts sorted by that count,
+most collaborative first, with i itself last. C2R routing, collaboration-aware placement,
+the profiler and the training metrics all use the functions here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moelight.errors import ConfigError
+
+FIELD = "profile.path"
+
+
+def coactivation_counts(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Tokens routed to both i and j, as a LongTensor [E, E] with a zero diagonal.
+
+    `experts`: LongTensor [T, k] of expert ids per token.
+    """
+    # Multi-hot [T, E]; clamp so a (never expected) repeated id still counts the token once.
+    hot = torch.nn.functional.one_hot(experts.long(), num_experts).sum(1).clamp_(max=1)
+    # float32 matmul is exact for counts below 2**24 tokens per call, and runs on every backend.
+    hot = hot.to(torch.float32)
+    counts = (hot.T @ hot).round_().long()
+    counts.fill_diagonal_(0)
+    return counts
+
+
+def collaborators_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """Collaborator lists [..., E, E] from co-activation counts [..., E, E].
+
+    Row i: the other experts by descending count (ties: lower expert id first), then i itself.
+    """
+    counts = torch.as_tensor(counts)
+    key = counts.to(torch.float64).clone()
+    # -inf on the diagonal sends the expert itself to the end of its own row.
+    key.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+    # A stable descending sort keeps equal counts in ascending id order.
+    return torch.sort(key, dim=-1, descending=True, stable=True).indices
+
+
+def is_collaborator_list(arr: np.ndarray | torch.Tensor) -> bool:
+    """True when every row of `arr` [..., E, E] is a permutation of 0..E-1."""
+    t = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
+    if t.dim() < 2 or t.shape[-1] != t.shape[-2] or t.numel() == 0:
+        return False
+    if t.is_floating_point() and not bool((t == t.round()).all()):
+        return False
+    e = t.shape[-1]
+    return bool((t.sort(dim=-1).values == torch.arange(e, dtype=t.dtype)).all())
+
+
+def concentration(counts: torch.Tensor, t: int) -> float:
+    """Mean over experts of the share of co-activations held by the top-t collaborators.
+
+    `counts`: [..., E, E] co-activation counts (diagonal ignored); leading dims (layers) are
+    averaged too. Experts with no co-activation at all are left out of the mean (0.0 if none).
+    """
+    c = torch.as_tensor(counts).to(torch.float64).clone()
+    c.diagonal(dim1=-2, dim2=-1).zero_()
+    t = max(0, min(int(t), c.shape[-1]))
+    top = c.topk(t, dim=-1).values.sum(-1)
+    total = c.sum(-1)
+    active = total > 0
+    if not bool(active.any()):
+        return 0.0
+    return float((top[active] / total[active]).mean())
+
+
+def _read_array(path: str) -> np.ndarray:
+    """The profile file as a numeric array, or a ConfigError saying why not."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(FIELD, f"collaboration profile not found: {path}")
+    if not p.is_file():
+        raise ConfigError(FIELD, f"{path} is not a file (expected a .npy or .json file)")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif suffix == ".json":
+            data = json.loads(p.read_text())
+            # A JSON object may name what it holds; a bare nested list is detected below.
+            if isinstance(data, dict):
+                keys = [k for k in ("collaborators", "coactivation", "counts") if k in data]
+                if len(keys) != 1:
+                    raise ConfigError(
+                        FIELD,
+                        f"{path}: a JSON object must have exactly one of the keys "
+                        f"'collaborators', 'coactivation' or 'counts' (got {sorted(data)})",
+                    )
+                data = data[keys[0]]
+            arr = np.array(data)
+        else:
+            raise ConfigError(FIELD, f"{path}: unknown profile file type {p.suffix!r} (allowed: .npy, .json)")
+    except ConfigError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise ConfigError(FIELD, f"cannot read collaboration profile {path}: {exc}") from None
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise ConfigError(FIELD, f"{path}: expected a numeric array of shape [layers, E, E] or [E, E]")
+    return arr
+
+
+def load_collaboration(
+    path: str, num_layers: int, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Read collaborator lists or co-activation counts from a `.npy` or `.json` file.
+
+    The array is [layers, E, E] or [E, E] (the same for every layer). Rows that are all
+    permutations of 0..E-1 are taken as collaborator lists; anything else as counts, from which
+    the lists are computed. Returns (lists LongTensor[L, E, E], counts float32[L, E, E] or None).
+    """
+    arr = _read_array(path)
+    if arr.ndim not in (2, 3):
+        raise ConfigError(FIELD, f"{path}: expected shape [layers, E, E] or [E, E], got {list(arr.shape)}")
+    if arr.shape[-1] != arr.shape[-2]:
+        raise ConfigError(
+            FIELD, f"{path}: the last two dimensions must be equal (E x E), got {list(arr.shape)}"
+        )
+    if arr.shape[-1] != num_experts:
+        raise ConfigError(
+            FIELD, f"{path}: expected {num_experts} experts (model.num_experts), got {arr.shape[-1]}"
+        )
+    if arr.ndim == 3 and arr.shape[0] != num_layers:
+        raise ConfigError(FIELD, f"{path}: expected {num_layers} MoE layers, got {arr.shape[0]}")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dim() == 2:
+        t = t.expand(num_layers, num_experts, num_experts)
+    if is_collaborator_list(t):
+        return t.long().contiguous(), None
+    if not bool(torch.isfinite(t.to(torch.float64)).all()) or bool((t < 0).any()):
+        raise ConfigError(
+            FIELD,
+            f"{path}: neither collaborator lists (rows that are permutations of 0..{num_experts - 1}) "
+            "nor co-activation counts (finite, non-negative)",
+        )
+    return collaborators_from_counts(t).contiguous(), t.to(torch.float32).contiguous()

@@ -1,0 +1,57 @@
+"""The expert weights of one MoE layer, in the one layout every dispatcher shares.
+
+`w1, v1, w2: [E_local, ffn, hidden]` (SwiGLU: y = (silu(x w1^T) * (x v1^T)) w2), which is also
+MegaBlocks' layout. Rows are the experts this rank holds, in the order of `global_ids`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ExpertWeights(nn.Module):
+    def __init__(self, global_ids: list[int], hidden_size: int, ffn_hidden_size: int, init_std: float = 0.02):
+        super().__init__()
+        self.global_ids = list(global_ids)
+        self.hidden_size = hidden_size
+        self.ffn_hidden_size = ffn_hidden_size
+        n = len(global_ids)
+        self.w1 = nn.Parameter(torch.empty(n, ffn_hidden_size, hidden_size))
+        self.v1 = nn.Parameter(torch.empty(n, ffn_hidden_size, hidden_size))
+        self.w2 = nn.Parameter(torch.empty(n, hidden_size, ffn_hidden_size))
+        self.init_std = init_std
+        self.reset_parameters()
+
+    # w2 is stored [E, hidden, ffn] so that every matrix is (out, in) like nn.Linear.
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.w1, std=self.init_std)
+        nn.init.normal_(self.v1, std=self.init_std)
+        nn.init.normal_(self.w2, std=self.init_std / math.sqrt(2.0))
+
+    @property
+    def num_local(self) -> int:
+        return len(self.global_ids)
+
+    def expert(self, x: torch.Tensor, local: int) -> torch.Tensor:
+        """One expert's SwiGLU on rows `x: [n, d]`: the readable reference."""
+        h = F.silu(x @ self.w1[local].t()) * (x @ self.v1[local].t())
+        return h @ self.w2[local].t()
+
+    def grouped(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Rows sorted by local expert, `counts[e]` rows for expert e -> outputs in the same order."""
+        if x_sorted.is_cuda and hasattr(torch, "_grouped_mm") and x_sorted.dtype == torch.bfloat16:
+            offs = torch.cumsum(counts, 0).to(torch.int32)
+            h = F.silu(torch._grouped_mm(x_sorted, self.w1.transpose(-2, -1), offs=offs))
+            h = h * torch._grouped_mm(x_sorted, self.v1.transpose(-2, -1), offs=offs)
+            return torch._grouped_mm(h, self.w2.transpose(-2, -1), offs=offs)
+        outs = []
+        for e, rows in enumerate(torch.split(x_sorted, counts.tolist())):
+            if rows.shape[0]:
+                outs.append(self.expert(rows, e))
+        if not outs:
+            return x_sorted.new_zeros(x_sorted.shape)
+        return torch.cat(outs)

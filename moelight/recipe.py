@@ -1,0 +1,278 @@
+"""Recipes: one pydantic model tree, loaded from YAML with `extends:` and dotted overrides.
+
+The defaults of this tree ARE the embedded default recipe (`moelight fit` with no file), and
+`recipes/quickstart.yaml` spells the same values out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moelight.errors import ConfigError, MoelightError, validation_message
+from moelight.registry import dispatchers, load_plugin_modules, routers
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Section):
+    vocab_size: int = Field(260, gt=0, description="byte-level: 256 bytes + specials")
+    n_layers: int = Field(4, gt=0)
+    hidden_size: int = Field(128, gt=0)
+    n_heads: int = Field(4, gt=0)
+    n_kv_heads: int | None = Field(None, gt=0, description="grouped-query attention; None = n_heads")
+    head_dim: int | None = Field(None, gt=0, description="None = hidden_size / n_heads")
+    ffn_hidden_size: int = Field(256, gt=0, description="dense FFN width (non-MoE layers)")
+    num_experts: int = Field(8, gt=0)
+    top_k: int = Field(2, gt=0)
+    expert_ffn_hidden_size: int = Field(128, gt=0)
+    moe_every: int = Field(1, gt=0, description="an MoE FFN every n-th layer (the others are dense)")
+    shared_expert_ffn_hidden_size: int = Field(0, ge=0, description="0 = no shared expert")
+    shared_expert_gate: bool = Field(False, description="sigmoid gate on the shared expert (Qwen2-MoE)")
+    tie_embeddings: bool = True
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    qkv_bias: bool = False
+    init_std: float = Field(0.02, gt=0)
+    init_from: str | None = Field(None, description="a moelight checkpoint or converted model to start from")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
+        if self.head_dim is None and self.hidden_size % self.n_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.n_kv_heads and self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        return self
+
+    def is_moe_layer(self, i: int) -> bool:
+        return (i + 1) % self.moe_every == 0
+
+
+class DataConfig(Section):
+    source: str = Field("embedded", description="'embedded' (the stdlib source) or a local file/directory")
+    format: Literal["auto", "text", "jsonl", "instruct"] = "auto"
+    text_field: str = "text"
+    tokenizer: str = Field("bytes", description="'bytes' or a local Hugging Face tokenizer directory")
+    seq_len: int = Field(128, gt=1)
+    batch_size: int = Field(16, gt=0)
+    val_fraction: float = Field(0.02, gt=0, lt=1)
+    max_bytes: int | None = Field(None, gt=0, description="use only the first n bytes of the corpus")
+    cache_dir: str | None = Field(None, description="tokenised-corpus cache; None = ~/.cache/moelight")
+    num_workers: int = Field(0, ge=0)
+
+
+class OptimConfig(Section):
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class TrainerConfig(Section):
+    max_steps: int = Field(300, gt=0)
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = Field(1, gt=0)
+    precision: str = Field("32-true", description="Lightning precision, e.g. 32-true, bf16-mixed")
+    accumulate_grad_batches: int = Field(1, gt=0)
+    val_check_interval: int = Field(100, gt=0, description="validate every n training steps")
+    limit_val_batches: int = Field(20, gt=0)
+    log_every_n_steps: int = Field(10, gt=0)
+    out_dir: str = Field("runs/quickstart", description="checkpoints and logs go here")
+    logger: Literal["csv", "tensorboard", "both", "none"] = "csv"
+    progress_bar: bool = True
+    checkpoint_every_n_steps: int = Field(100, gt=0)
+    compile: bool = False
+
+
+class ParallelConfig(Section):
+    expert_parallel: int = Field(1, gt=0, description="P: experts are split over P ranks")
+    placement: str = Field("contiguous", description="'contiguous' or a placement file (.json/.npy)")
+
+
+class ProfileConfig(Section):
+    path: str | None = Field(
+        None,
+        description="collaboration source: a `moelight profile` artifact, or a .npy/.json of "
+        "collaborator lists or co-activation counts, shaped [layers, E, E] or [E, E]",
+    )
+
+
+def _default_router() -> dict[str, Any]:
+    return {"name": "topk"}
+
+
+def _default_dispatcher() -> dict[str, Any]:
+    return {"name": "sorted"}
+
+
+class Recipe(Section):
+    model: ModelConfig = ModelConfig()
+    router: dict[str, Any] = Field(default_factory=_default_router)
+    dispatcher: dict[str, Any] = Field(default_factory=_default_dispatcher)
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    profile: ProfileConfig = ProfileConfig()
+    seed: int = 1337
+    plugins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        if self.model.num_experts % self.parallel.expert_parallel:
+            raise ValueError(
+                f"parallel.expert_parallel ({self.parallel.expert_parallel}) must divide "
+                f"model.num_experts ({self.model.num_experts})"
+            )
+        return self
+
+    def router_params(self):
+        return routers.params(self.router, "router")[1]
+
+    def dispatcher_params(self):
+        return dispatchers.params(self.dispatcher, "dispatcher")[1]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- loading -------------------------------------------------------------------------
+
+PLUGIN_SECTIONS = ("router", "dispatcher")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise MoelightError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MoelightError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise MoelightError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` into `base`. A plugin section that names another plugin replaces the base's."""
+    out = dict(base)
+    for key, value in over.items():
+        replaces_plugin = (
+            key in PLUGIN_SECTIONS
+            and isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and "name" in value
+            and value["name"] != out[key].get("name")
+        )
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not replaces_plugin:
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# Input files named in a recipe are found relative to the recipe file, so a recipe runs from
+# any working directory; keywords (the value on the right) are left alone. Outputs
+# (trainer.out_dir) stay relative to where the user runs.
+INPUT_PATHS = {
+    ("data", "source"): "embedded",
+    ("data", "tokenizer"): "bytes",
+    ("profile", "path"): None,
+    ("parallel", "placement"): "contiguous",
+    ("model", "init_from"): None,
+}
+
+
+def _resolve_inputs(data: dict[str, Any], base: Path) -> None:
+    for (section, key), keyword in INPUT_PATHS.items():
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key] != keyword:
+            candidate = base / node[key]
+            if not Path(node[key]).is_absolute() and candidate.exists():
+                node[key] = str(candidate)
+    plugins = data.get("plugins")
+    if isinstance(plugins, list):
+        data["plugins"] = [
+            str(base / p) if isinstance(p, str) and p.endswith(".py") and (base / p).exists() else p
+            for p in plugins
+        ]
+
+
+def read_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe file, resolving `extends:` and input paths relative to the file."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise MoelightError(f"recipe extends itself: {' -> '.join(map(str, _seen + (path,)))}")
+    data = _read_yaml(path)
+    _resolve_inputs(data, path.parent)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return merge(read_recipe_dict(path.parent / parent, _seen + (path,)), data)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`a.b=value` and `--a.b value` (or `--a.b=value`); values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key = arg[2:]
+            if "=" in key:
+                key, raw = key.split("=", 1)
+            else:
+                if i + 1 >= len(args):
+                    raise MoelightError(f"override {arg} needs a value")
+                raw = args[i + 1]
+                i += 1
+        elif "=" in arg:
+            key, raw = arg.split("=", 1)
+        else:
+            raise MoelightError(f"cannot read override {arg!r}: use key.path=value or --key.path value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MoelightError(f"override {key!r} conflicts with another override")
+        node[parts[-1]] = value
+        i += 1
+    return out
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge, override and validate a recipe; plugin sections are validated by their plugin."""
+    data = read_recipe_dict(path) if path is not None else {}
+    data = merge(data, parse_overrides(overrides or []))
+    return validate_recipe(data)
+
+
+def validate_recipe(data: dict[str, Any]) -> Recipe:
+    plugins = data.get("plugins") or []
+    if isinstance(plugins, list):
+        load_plugin_modules([str(p) for p in plugins])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("", validation_message(err)) from None
+    recipe.router_params()
+    recipe.dispatcher_params()
+    return recipe

@@ -1,0 +1,120 @@
+"""Plugin registries for routers and dispatchers, fed by the `moelight.plugins` entry points.
+
+A plugin module registers its classes on import (`@routers.register("name")`); the registry
+imports every module of the entry-point group the first time it is asked for a name, so
+bundled and third-party plugins are found the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from moelight.errors import ConfigError, MoelightError, validation_message
+
+ENTRY_POINT_GROUP = "moelight.plugins"
+_discovered = False
+_load_failures: dict[str, str] = {}
+
+
+def discover() -> None:
+    """Import every module registered under the entry-point group (once)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken third-party plugin must not break the others
+            _load_failures[ep.name] = f"{type(exc).__name__}: {exc}"
+
+
+def load_plugin_modules(names: list[str], field: str = "plugins") -> None:
+    """Import extra plugin modules named in a recipe: dotted module names or `.py` paths."""
+    for i, name in enumerate(names):
+        try:
+            if name.endswith(".py"):
+                path = Path(name)
+                if not path.is_file():
+                    raise ConfigError(f"{field}.{i}", f"plugin file not found: {name}")
+                mod_name = f"moelight_user_plugin_{path.stem}"
+                if mod_name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"{field}.{i}", f"cannot import plugin module {name!r}: {exc}") from None
+
+
+class Registry:
+    """Named plugin classes of one kind (`router` or `dispatcher`)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._classes: dict[str, type] = {}
+
+    def register(self, name: str):
+        def decorate(cls: type) -> type:
+            existing = self._classes.get(name)
+            if existing is not None and existing.__qualname__ != cls.__qualname__:
+                raise MoelightError(f"two {self.kind} plugins are named {name!r}: {existing} and {cls}")
+            cls.plugin_name = name
+            self._classes[name] = cls
+            return cls
+
+        return decorate
+
+    def names(self) -> list[str]:
+        discover()
+        return sorted(self._classes)
+
+    def get(self, name: str, field: str | None = None) -> type:
+        discover()
+        if name not in self._classes:
+            field = field or self.kind
+            raise ConfigError(
+                f"{field}.name",
+                f"unknown {self.kind} {name!r}; installed {self.kind}s: {', '.join(self.names())}",
+            )
+        return self._classes[name]
+
+    def params(self, spec: dict[str, Any], field: str | None = None):
+        """Validate a recipe's `{name: ..., <params>}` mapping; returns (class, Params instance)."""
+        field = field or self.kind
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(
+                field, f"must be a mapping with a 'name' key (installed: {', '.join(self.names())})"
+            )
+        cls = self.get(spec["name"], field)
+        reason = cls.unavailable_reason() if hasattr(cls, "unavailable_reason") else None
+        if reason:
+            raise ConfigError(f"{field}.name", f"{self.kind} {spec['name']!r} is unavailable here: {reason}")
+        try:
+            params = cls.Params.model_validate({k: v for k, v in spec.items() if k != "name"})
+        except ValidationError as err:
+            raise ConfigError("", validation_message(err, field)) from None
+        return cls, params
+
+    def build(self, spec: dict[str, Any], ctx, *args, field: str | None = None, **kwargs):
+        """Build the plugin named by `spec` for the layer described by `ctx`.
+
+        Dispatchers take two more arguments after `ctx`: the layer's `ExpertWeights` and the
+        `ExpertParallelContext`.
+        """
+        cls, params = self.params(spec, field)
+        return cls(params, ctx, *args, **kwargs)
+
+
+routers = Registry("router")
+dispatchers = Registry("dispatcher")

@@ -1,0 +1,88 @@
+"""Router math shared by the bundled routers: scores, combine weights and auxiliary losses.
+
+Everything is computed in float32 whatever the input dtype, since router probabilities and
+their losses are sensitive to bf16 rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Score = Literal["softmax", "sigmoid"]
+
+
+def router_scores(logits: torch.Tensor, score: Score) -> torch.Tensor:
+    """Per-expert scores [T, E] in float32: a softmax over experts, or independent sigmoids."""
+    logits = logits.float()
+    if score == "softmax":
+        return torch.softmax(logits, dim=-1)
+    if score == "sigmoid":
+        return torch.sigmoid(logits)
+    raise ValueError(f"unknown score function {score!r}")
+
+
+def combine_weights(scores: torch.Tensor, experts: torch.Tensor, renormalize: bool) -> torch.Tensor:
+    """The scores of the chosen experts [T, k], float32, optionally renormalised to sum 1."""
+    weights = scores.gather(-1, experts).float()
+    if renormalize:
+        # The clamp only matters for sigmoid scores that all underflow to 0.
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    return weights
+
+
+def expert_counts(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """How many token copies each expert received, float32 [E] (no gradient)."""
+    return torch.bincount(experts.reshape(-1), minlength=num_experts).float()
+
+
+def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Switch/GShard load-balancing loss `E * sum_e f_e * P_e` (unweighted; 1.0 when uniform).
+
+    probs: [T, E] router probabilities (rows sum to 1); experts: [T, k] chosen ids.
+    f_e = share of the T*k assignments that went to e; P_e = mean probability of e.
+    Only P carries a gradient, as in the papers.
+    """
+    f = expert_counts(experts, num_experts) / max(experts.numel(), 1)
+    p = probs.float().mean(0)
+    return num_experts * torch.dot(f, p)
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Router z-loss (ST-MoE): mean over tokens of logsumexp(logits)^2 (unweighted)."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Squared coefficient of variation var(x) / mean(x)^2 (Shazeer et al. 2017); 0 for one value."""
+    x = x.float()
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    return x.var() / (x.mean().square() + eps)
+
+
+def balance_probs(scores: torch.Tensor, score: Score) -> torch.Tensor:
+    """Probabilities for the load-balancing loss: sigmoid scores are normalised per token."""
+    if score == "sigmoid":
+        return scores / scores.sum(-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+    return scores
+
+
+def standard_aux_losses(
+    logits: torch.Tensor,
+    scores: torch.Tensor,
+    experts: torch.Tensor,
+    *,
+    score: Score,
+    aux_loss_coef: float,
+    z_loss_coef: float,
+) -> dict[str, torch.Tensor]:
+    """The weighted `load_balance` and `z_loss` entries, each only when its coefficient is nonzero."""
+    losses: dict[str, torch.Tensor] = {}
+    if aux_loss_coef:
+        probs = balance_probs(scores, score)
+        losses["load_balance"] = aux_loss_coef * load_balancing_loss(probs, experts, logits.shape[-1])
+    if z_loss_coef:
+        losses["z_loss"] = z_loss_coef * z_loss(logits)
+    return losses

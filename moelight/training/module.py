@@ -1,0 +1,80 @@
+"""The LightningModule: a MoE transformer trained with next-token cross-entropy plus router losses."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from moelight.dispatch import ExpertParallelContext
+from moelight.model.build import build_model
+from moelight.recipe import Recipe
+from moelight.training.metrics import dispatch_metrics, routing_metrics
+from moelight.training.optim import build_optimizer
+
+
+class MoELanguageModel(L.LightningModule):
+    def __init__(self, recipe: Recipe):
+        super().__init__()
+        self.recipe = recipe
+        self.save_hyperparameters({"recipe": recipe.model_dump(mode="json")})
+        self.model = None
+        self.val_loss = MeanMetric()
+        self._t_last: float | None = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        # An expert-parallel strategy exposes where this rank sits; otherwise one device holds all.
+        ep = getattr(self.trainer.strategy, "ep_context", None) if self._trainer else None
+        self.model = build_model(self.recipe, ep or ExpertParallelContext())
+        if self.recipe.model.init_from:
+            from moelight.model.init_from import load_init_weights
+
+            load_init_weights(self.model, self.recipe.model.init_from)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def _lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        return loss, logits
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._lm_loss(batch)
+        aux = self.model.aux_loss().to(loss.device)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(loss.detach().clamp(max=20)))
+        for layer in self.model.moe_layers:
+            for name, value in layer.aux_losses.items():
+                self.log(f"aux/{name}/l{layer.ctx.layer_index}", value.detach())
+        now = time.perf_counter()
+        if self._t_last is not None:
+            tokens = batch[0].numel() * self.trainer.world_size
+            self.log("tokens_per_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True)
+        self._t_last = now
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            metrics = routing_metrics(self.model.moe_layers) | dispatch_metrics(self.model.moe_layers)
+            self.log_dict(metrics)
+        return loss + aux
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, _ = self._lm_loss(batch)
+        self.val_loss.update(loss, weight=batch[0].shape[0])
+
+    def on_validation_start(self) -> None:
+        self._t_last = None  # don't count validation time against training throughput
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # synced across ranks by torchmetrics
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss.clamp(max=20)))
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model, self.recipe.optim, self.recipe.trainer.max_steps)
