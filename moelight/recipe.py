@@ -38,6 +38,7 @@ class ModelConfig(Section):
     rope_theta: float = Field(10000.0, gt=0)
     norm_eps: float = Field(1e-5, gt=0)
     qkv_bias: bool = False
+    qk_norm: bool = Field(False, description="RMSNorm on the full q and k projections (OLMoE)")
     init_std: float = Field(0.02, gt=0)
     init_from: str | None = Field(None, description="a moelight checkpoint or converted model to start from")
 
@@ -261,6 +262,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read, merge, override and validate a recipe; plugin sections are validated by their plugin."""
     data = read_recipe_dict(path) if path is not None else {}
+    # Overrides like `router.jitter=0.1` refine the default plugin when the file names none.
+    data.setdefault("router", _default_router())
+    data.setdefault("dispatcher", _default_dispatcher())
     data = merge(data, parse_overrides(overrides or []))
     return validate_recipe(data)
 

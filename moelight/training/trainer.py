@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from moelight.recipe import Recipe
 from moelight.training.checkpoint_io import AtomicCheckpointIO
 from moelight.training.progress import StepProgressBar
+from moelight.training.save_on_end import SaveLastOnTrainEnd
 
 
 def checkpoint_dir(recipe: Recipe) -> Path:
@@ -48,7 +49,7 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None, **overrides) ->
         monitor=None,
     )
     loggers = build_loggers(recipe)
-    cbs = [checkpoint] + (callbacks or [])
+    cbs = [checkpoint, SaveLastOnTrainEnd(checkpoint)] + (callbacks or [])
     if t.progress_bar:
         cbs.append(StepProgressBar())
     if loggers:

@@ -1,0 +1,190 @@
+"""`moelight profile CHECKPOINT --out DIR [--data PATH] [--max-tokens N] [--devices N,...]`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from moelight.cli.args import split_args
+from moelight.errors import MoelightError
+
+HELP = """usage: moelight profile CHECKPOINT --out DIR [--data PATH] [--max-tokens N]
+                        [--devices N[,N...]]... [key.path=value ...]
+
+Run a trained model over a corpus and write its collaboration profile to DIR:
+  profile.safetensors  co-activation [L,E,E], load [L,E], collaborator lists [L,E,E],
+                       concentration [L,E-1], specialization [L,E], routing histogram
+  profile.json         metadata and summary metrics
+  coactivation.png, concentration.png
+Use DIR (or DIR/profile.safetensors) as `profile.path` of a c2r recipe.
+
+  CHECKPOINT        a moelight checkpoint (.ckpt written by `moelight fit`)
+  --out DIR         where to write (created)
+  --data PATH       profile on this text/jsonl file or directory instead of the recipe's
+                    validation data (it becomes data.source; its validation split is used)
+  --max-tokens N    stop after N tokens (default: the whole validation split)
+  --devices N       also write DIR/placement-N.json: experts on N devices, equal groups, keeping
+                    as much co-activation inside a device as possible (repeatable, or 2,4)
+  key.path=value    override the checkpoint's recipe, e.g. data.batch_size=32
+"""
+
+console = Console()
+
+
+def _device_counts(argv: list[str]) -> tuple[list[int], list[str]]:
+    """Pull every `--devices` (repeatable, comma lists) out of argv."""
+    devices: list[int] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        name, eq, inline = argv[i].partition("=")
+        if name == "--devices":
+            if eq:
+                raw = inline
+            elif i + 1 < len(argv):
+                raw = argv[i + 1]
+                i += 1
+            else:
+                raise MoelightError("--devices needs a value, e.g. --devices 2,4")
+            for part in raw.split(","):
+                try:
+                    n = int(part)
+                except ValueError:
+                    raise MoelightError(f"--devices: {part!r} is not a number of devices") from None
+                if n < 1:
+                    raise MoelightError(f"--devices: {n} must be >= 1")
+                if n not in devices:
+                    devices.append(n)
+        else:
+            rest.append(argv[i])
+        i += 1
+    return devices, rest
+
+
+def run(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(HELP)
+        return 0
+    devices, argv = _device_counts(argv)
+    args = split_args(argv, value_flags=("--out", "--data", "--max-tokens"))
+    if args.recipe is None:
+        raise MoelightError("moelight profile needs a CHECKPOINT (see moelight profile --help)")
+    out = args.flags.get("--out")
+    if not out:
+        raise MoelightError("moelight profile needs --out DIR")
+    max_tokens = None
+    if "--max-tokens" in args.flags:
+        try:
+            max_tokens = int(args.flags["--max-tokens"])
+        except ValueError:
+            raise MoelightError(f"--max-tokens: {args.flags['--max-tokens']!r} is not a number") from None
+        if max_tokens < 1:
+            raise MoelightError("--max-tokens must be >= 1")
+    overrides = list(args.overrides)
+    if "--data" in args.flags:
+        data = str(args.flags["--data"])
+        if not Path(data).exists():
+            raise MoelightError(f"--data: {data} not found")
+        overrides.append(f"data.source={Path(data).resolve()}")
+    return profile(str(args.recipe), str(out), max_tokens=max_tokens, devices=devices, overrides=overrides)
+
+
+def profile(
+    checkpoint: str,
+    out: str,
+    max_tokens: int | None = None,
+    devices: list[int] | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> int:
+    """The `moelight profile` verb as a function (the benchmark calls it directly)."""
+    from moelight.data.datamodule import MoEDataModule
+    from moelight.model.build import moe_layer_indices
+    from moelight.plots import coactivation_grid, concentration_plot
+    from moelight.profiling import (
+        concentration_curve,
+        load_checkpoint,
+        profile_model,
+        save_profile,
+        write_placements,
+    )
+
+    say = (lambda *a, **k: None) if quiet else console.print
+    loaded = load_checkpoint(checkpoint, overrides)
+    recipe = loaded.recipe
+    num_experts = recipe.model.num_experts
+    for p in devices or []:
+        if num_experts % p:
+            raise MoelightError(f"--devices {p}: {num_experts} experts cannot be split into {p} equal groups")
+    datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
+    datamodule.setup("validate")
+    start = time.perf_counter()
+    result = profile_model(loaded.model, datamodule.val_dataloader(), max_tokens=max_tokens)
+    wall = time.perf_counter() - start
+    layers = moe_layer_indices(recipe)
+    meta = {
+        "checkpoint": str(checkpoint),
+        "data": {"source": recipe.data.source, "split": "validation", "seq_len": recipe.data.seq_len},
+        "max_tokens": max_tokens,
+        "moe_layers": layers,
+        "router": recipe.router,
+        "recipe": recipe.model_dump(mode="json"),
+    }
+    out_dir = save_profile(result, out, meta)
+    stats = write_placements(out_dir, devices or []) if devices else {}
+    names = [f"MoE layer {j} (block {b})" for j, b in enumerate(layers)]
+    coactivation_grid(
+        result.coactivation,
+        out_dir / "coactivation.png",
+        title=f"co-activation shares — {Path(checkpoint).name}, {result.tokens:,} tokens",
+        layer_names=names,
+    )
+    curve = concentration_curve(result.coactivation)
+    concentration_plot(
+        {"mean over layers": curve.mean(0)},
+        out_dir / "concentration.png",
+        title=f"collaboration concentration — {Path(checkpoint).name}",
+        per_layer=curve,
+    )
+    if not quiet:
+        _report(result, stats, out_dir, wall)
+    say(f"[bold green]profile written[/]: {out_dir} (profile.path={out_dir})")
+    return 0
+
+
+def _report(result, stats: dict, out_dir: Path, wall: float) -> None:
+    s = result.summary()
+    loss = f", LM loss {result.loss:.4f}" if result.loss is not None else ""
+    console.print(
+        f"[bold]profiled[/] {result.tokens:,} tokens through {result.num_layers} MoE layers "
+        f"({result.num_experts} experts, top-{result.top_k}) in {wall:.1f}s{loss}"
+    )
+    table = Table(title="collaboration per MoE layer")
+    for col in ("layer", "load CV", "top-1 share", "top-3 share", "specialization"):
+        table.add_column(col, justify="right")
+    conc = s["concentration_per_layer"]
+    for j in range(result.num_layers):
+        top3 = conc[j][2] if len(conc[j]) > 2 else conc[j][-1]
+        table.add_row(
+            str(j),
+            f"{s['load_cv_per_layer'][j]:.3f}",
+            f"{conc[j][0]:.3f}",
+            f"{top3:.3f}",
+            f"{s['specialization_per_layer'][j]:.3f}",
+        )
+    console.print(table)
+    for p, entry in stats.items():
+        console.print(
+            f"placement on {p} devices -> {out_dir / entry['file']}: co-activation kept on one device "
+            f"{entry['kept_share']:.3f} (contiguous {entry['contiguous_kept_share']:.3f}); "
+            f"devices per token {entry['devices_per_token']:.3f} (contiguous "
+            f"{entry['contiguous_devices_per_token']:.3f})"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
