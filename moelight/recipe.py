@@ -92,7 +92,9 @@ class TrainerConfig(Section):
     limit_val_batches: int = Field(20, gt=0)
     log_every_n_steps: int = Field(10, gt=0)
     out_dir: str = Field("runs/quickstart", description="checkpoints and logs go here")
-    logger: Literal["csv", "tensorboard", "both", "none"] = "csv"
+    logger: Literal["auto", "csv", "tensorboard", "both", "none"] = Field(
+        "auto", description="auto: CSV, plus TensorBoard when the tensorboard package is installed"
+    )
     progress_bar: bool = True
     checkpoint_every_n_steps: int = Field(100, gt=0)
     compile: bool = False

@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from moelight.errors import MoelightError
 from moelight.recipe import Recipe
 from moelight.training.checkpoint_io import AtomicCheckpointIO
 from moelight.training.progress import StepProgressBar
@@ -22,9 +23,12 @@ def checkpoint_dir(recipe: Recipe) -> Path:
 def build_loggers(recipe: Recipe) -> list:
     t = recipe.trainer
     loggers = []
-    if t.logger in ("csv", "both"):
+    has_tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if t.logger in ("auto", "csv", "both"):
         loggers.append(CSVLogger(t.out_dir, name="logs"))
-    if t.logger in ("tensorboard", "both") and importlib.util.find_spec("tensorboard") is not None:
+    if t.logger in ("tensorboard", "both") or (t.logger == "auto" and has_tensorboard):
+        if not has_tensorboard:
+            raise MoelightError("trainer.logger: tensorboard is not installed (pip install tensorboard)")
         loggers.append(TensorBoardLogger(t.out_dir, name="tb"))
     return loggers
 

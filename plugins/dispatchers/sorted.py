@@ -13,6 +13,8 @@ from moelight.api import ConfigError, Dispatcher, Routing, dispatchers
 
 @dispatchers.register("sorted")
 class SortedDispatcher(Dispatcher):
+    """Portable torch: sort token copies by expert, run each expert, scatter-add back."""
+
     def __init__(self, params, ctx, experts, ep=None):
         super().__init__(params, ctx, experts, ep)
         if self.ep.size > 1:
