@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from moelight.cli.args import split_args
@@ -85,11 +86,14 @@ def fit(recipe: Recipe, ckpt_path: str | None = None) -> int:
     if trainer.is_global_zero:
         (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        pass  # Lightning's SystemExit(None) would exit 0; handled below
     wall = time.perf_counter() - start
     if trainer.received_sigterm:
-        # Lightning saved and returned normally; schedulers must still see a preemption.
-        console.print("[yellow]stopped by SIGTERM; the last checkpoint is saved[/]")
+        # Schedulers must see a preemption as a failure so that they requeue the job.
+        console.print(f"[yellow]stopped by SIGTERM at step {trainer.global_step}; last.ckpt is saved[/]")
         return 143
     if trainer.is_global_zero:
         val = trainer.callback_metrics.get("val/loss")

@@ -13,7 +13,7 @@ from moelight.errors import MoelightError
 from moelight.recipe import Recipe
 from moelight.training.checkpoint_io import AtomicCheckpointIO
 from moelight.training.progress import StepProgressBar
-from moelight.training.save_on_end import SaveLastOnTrainEnd
+from moelight.training.save_last import SaveLast
 
 
 def checkpoint_dir(recipe: Recipe) -> Path:
@@ -53,7 +53,7 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None, **overrides) ->
         monitor=None,
     )
     loggers = build_loggers(recipe)
-    cbs = [checkpoint, SaveLastOnTrainEnd(checkpoint)] + (callbacks or [])
+    cbs = [checkpoint, SaveLast(checkpoint)] + (callbacks or [])
     if t.progress_bar:
         cbs.append(StepProgressBar())
     if loggers:

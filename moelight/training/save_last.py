@@ -1,0 +1,31 @@
+"""Save `last.ckpt` when training stops: at `max_steps`, and on SIGTERM (preemption).
+
+Runs are step-based over an endless data stream, so Lightning's epoch-end save never happens;
+without this, the steps since the last periodic checkpoint would be lost.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class SaveLast(L.Callback):
+    def __init__(self, checkpoint: ModelCheckpoint):
+        self.checkpoint = checkpoint
+
+    def _save(self, trainer: L.Trainer) -> None:
+        ckpt = self.checkpoint
+        if ckpt.dirpath is None or ckpt._last_global_step_saved == trainer.global_step:
+            return
+        trainer.save_checkpoint(f"{ckpt.dirpath}/{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
+        ckpt._last_global_step_saved = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)  # every rank calls it: sharded strategies need all of them
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Only a preemption: after a crash the state may be the cause, so the last good file stays.
+        if isinstance(exception, SIGTERMException):
+            self._save(trainer)
