@@ -145,7 +145,8 @@ def _jsonl_documents(path: Path, rel: str, text_field: str) -> list[Document]:
                     raise ConfigError(
                         "data.format",
                         f"{path}:{lineno}: looks like instruction data (keys {keys}); "
-                        "instruction tuning is not supported yet - use data.text_field for plain text",
+                        "set data.format: instruct to fine-tune on it (loss on responses only), "
+                        "or data.text_field to read one field as plain text",
                     )
                 raise ConfigError(
                     "data.source",
@@ -182,7 +183,7 @@ def _stat_list(files: list[tuple[str, Path]]) -> list[list[Any]]:
 def resolve_source(cfg: DataConfig) -> Source:
     """Find the documents named by `cfg.source` (reading nothing but directory listings yet)."""
     if cfg.format == "instruct":
-        raise ConfigError("data.format", "instruction data ('instruct') is not supported yet")
+        raise ConfigError("data.format", "instruction data is read by moelight.data.instruct, not as a corpus")
     if cfg.source == "embedded":
         files = embedded_files()
         if not files:
@@ -210,7 +211,7 @@ def resolve_source(cfg: DataConfig) -> Source:
 
     if path.is_file():
         if path.suffix.lower() == ".parquet":
-            raise ConfigError("data.source", f"{path}: parquet files are not supported yet")
+            raise ConfigError("data.source", f"{path}: parquet is not read; convert it to jsonl (one {{\"text\": ...}} per line)")
         files = [(path.name, path)]
     else:
         files = []

@@ -160,7 +160,12 @@ class MoEDataModule(L.LightningDataModule):
         if self._corpus is not None:
             return
         cfg = self.config
-        corpus = build_corpus(cfg, self.tokenizer)
+        if cfg.format == "instruct":
+            from .instruct import build_instruct_corpus
+
+            corpus = build_instruct_corpus(cfg, self.tokenizer)
+        else:
+            corpus = build_corpus(cfg, self.tokenizer)
         train = self._packed(corpus.train)
         val = self._packed(corpus.val)
         need = cfg.seq_len + 1

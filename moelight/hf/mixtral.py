@@ -1,0 +1,95 @@
+"""Mixtral: softmax top-k with the k weights always renormalised, no shared expert, every layer MoE.
+
+Hub tensors live under `block_sparse_moe` with experts `w1` (gate), `w3` (up), `w2` (down).
+Mixtral's optional sliding attention window is not implemented: for sequences of at most
+`sliding_window` tokens full causal attention is the same computation, so the import is exact
+there; the import notes say so and an export writes `sliding_window: null` (what moelight computes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moelight.errors import MoelightError
+from moelight.hf.common import (
+    Architecture,
+    aux_coef_to_hf,
+    aux_coef_to_moelight,
+    common_hf_fields,
+    common_model_fields,
+    require,
+    topk_router_of,
+)
+from moelight.recipe import ModelConfig
+
+
+class Mixtral(Architecture):
+    name = "mixtral"
+    hf_class = "MixtralForCausalLM"
+    moe_module = "block_sparse_moe"
+    expert_names = ("w1", "w3", "w2")
+
+    def to_moelight(self, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        src = "mixtral config.json"
+        fields = common_model_fields(cfg, src, rope_default=1e6)
+        k = require(cfg, "num_experts_per_tok", src)
+        ffn = require(cfg, "intermediate_size", src)
+        fields.update(
+            ffn_hidden_size=ffn,  # unused: every layer is MoE
+            num_experts=require(cfg, "num_local_experts", src),
+            top_k=k,
+            expert_ffn_hidden_size=ffn,
+            moe_every=1,
+            shared_expert_ffn_hidden_size=0,
+            shared_expert_gate=False,
+            qkv_bias=False,
+            qk_norm=False,
+        )
+        jitter = float(cfg.get("router_jitter_noise") or 0.0)
+        router = {
+            "name": "topk",
+            "score": "softmax",
+            "renormalize": True,
+            "aux_loss_coef": aux_coef_to_moelight(
+                cfg.get("router_aux_loss_coef", 0.001), k, fields["n_layers"]
+            ),
+            "z_loss_coef": 0.0,
+            "jitter": jitter,
+        }
+        notes = []
+        window = cfg.get("sliding_window")
+        if window:
+            notes.append(
+                f"Mixtral's sliding attention window ({window} tokens) is not implemented: the imported "
+                f"model equals the HF one for sequences of at most {window} tokens (keep data.seq_len <= {window})"
+            )
+        if jitter:
+            notes.append(
+                "router_jitter_noise is mapped to router.jitter, which perturbs only the router's input "
+                "(Mixtral also perturbs the experts' input); training only"
+            )
+        return fields, router, notes
+
+    def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        arch = self.name
+        unsupported = {
+            "model.qkv_bias: true (Mixtral has no attention biases)": model.qkv_bias,
+            "model.qk_norm: true (Mixtral has no QK-norm)": model.qk_norm,
+            "a shared expert (model.shared_expert_ffn_hidden_size > 0)": model.shared_expert_ffn_hidden_size,
+            f"dense layers (model.moe_every: {model.moe_every}; Mixtral is MoE in every layer)": model.moe_every
+            != 1,
+        }
+        bad = [what for what, present in unsupported.items() if present]
+        if bad:
+            raise MoelightError(f"--arch {arch}: the model has {'; '.join(bad)}")
+        values, warnings = topk_router_of(router, arch, model.top_k, renormalize_fixed=True)
+        config = common_hf_fields(model) | {
+            "intermediate_size": model.expert_ffn_hidden_size,
+            "num_local_experts": model.num_experts,
+            "num_experts_per_tok": model.top_k,
+            "sliding_window": None,
+            "router_jitter_noise": float(values.get("jitter", 0.0)),
+            "router_aux_loss_coef": aux_coef_to_hf(values["aux_loss_coef"], model.top_k, model.n_layers),
+            "output_router_logits": False,
+        }
+        return config, warnings

@@ -1,0 +1,85 @@
+"""OLMoE: softmax top-k (renormalised when `norm_topk_prob`), QK-norm (an RMSNorm over the full q
+and k projections, before the head split: `model.qk_norm`), no shared expert, every layer MoE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moelight.errors import MoelightError
+from moelight.hf.common import (
+    Architecture,
+    aux_coef_to_hf,
+    aux_coef_to_moelight,
+    common_hf_fields,
+    common_model_fields,
+    require,
+    topk_router_of,
+)
+from moelight.recipe import ModelConfig
+
+
+class Olmoe(Architecture):
+    name = "olmoe"
+    hf_class = "OlmoeForCausalLM"
+
+    def to_moelight(self, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        src = "olmoe config.json"
+        if cfg.get("attention_bias"):
+            raise MoelightError(
+                f"{src}: attention_bias: true is not supported (moelight's output projection has no bias)"
+            )
+        if cfg.get("clip_qkv") is not None:
+            raise MoelightError(f"{src}: clip_qkv ({cfg['clip_qkv']}) is not supported")
+        fields = common_model_fields(cfg, src, rope_default=10000.0)
+        k = require(cfg, "num_experts_per_tok", src)
+        ffn = require(cfg, "intermediate_size", src)
+        fields.update(
+            ffn_hidden_size=ffn,  # unused: every layer is MoE
+            num_experts=require(cfg, "num_experts", src),
+            top_k=k,
+            expert_ffn_hidden_size=ffn,
+            moe_every=1,
+            shared_expert_ffn_hidden_size=0,
+            shared_expert_gate=False,
+            qkv_bias=False,
+            qk_norm=True,
+        )
+        router = {
+            "name": "topk",
+            "score": "softmax",
+            "renormalize": bool(cfg.get("norm_topk_prob", False)),
+            "aux_loss_coef": aux_coef_to_moelight(
+                cfg.get("router_aux_loss_coef", 0.01), k, fields["n_layers"]
+            ),
+            "z_loss_coef": 0.0,
+        }
+        return fields, router, []
+
+    def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        arch = self.name
+        unsupported = {
+            "no QK-norm (OLMoE needs model.qk_norm: true)": not model.qk_norm,
+            "model.qkv_bias: true (OLMoE's attention_bias would also bias the output projection)": model.qkv_bias,
+            "a shared expert (model.shared_expert_ffn_hidden_size > 0)": model.shared_expert_ffn_hidden_size,
+            f"dense layers (model.moe_every: {model.moe_every}; OLMoE is MoE in every layer)": model.moe_every
+            != 1,
+            "head_dim != hidden_size / n_heads": bool(
+                model.head_dim and model.head_dim * model.n_heads != model.hidden_size
+            ),
+        }
+        bad = [what for what, present in unsupported.items() if present]
+        if bad:
+            raise MoelightError(f"--arch {arch}: the model has {'; '.join(bad)}")
+        values, warnings = topk_router_of(router, arch, model.top_k)
+        config = common_hf_fields(model) | {
+            "intermediate_size": model.expert_ffn_hidden_size,
+            "num_experts": model.num_experts,
+            "num_experts_per_tok": model.top_k,
+            "norm_topk_prob": bool(values["renormalize"]),
+            "attention_bias": False,
+            "clip_qkv": None,
+            "router_aux_loss_coef": aux_coef_to_hf(values["aux_loss_coef"], model.top_k, model.n_layers),
+            "output_router_logits": False,
+        }
+        return config, warnings
