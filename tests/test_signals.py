@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import TINY
 
 
@@ -17,8 +16,19 @@ def test_sigterm_exits_nonzero_and_leaves_a_resumable_checkpoint(tmp_path, run_e
     out = tmp_path / "run"
     args = [a for a in TINY if not a.startswith("trainer.max_steps")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moelight", "fit", *args, "trainer.max_steps=1000000", f"trainer.out_dir={out}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env,
+        [
+            sys.executable,
+            "-m",
+            "moelight",
+            "fit",
+            *args,
+            "trainer.max_steps=1000000",
+            f"trainer.out_dir={out}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=run_env,
     )
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
