@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from moelight.api import ConfigError, LayerContext, PluginParams, Router, Routing, routers
-from moelight.router_losses import combine_weights, router_scores, standard_aux_losses
+from moelight.router_losses import router_scores, standard_routing
 
 
 @routers.register("device_limited")
@@ -49,16 +49,12 @@ class DeviceLimitedRouter(Router):
         allowed_devices = best.topk(min(self.params.max_devices, n_dev), dim=-1).indices
         allowed = (self.placement.view(1, 1, -1) == allowed_devices.unsqueeze(-1)).any(1)
         experts = scores.masked_fill(~allowed, -1.0).topk(self.ctx.top_k, dim=-1).indices
-        return Routing(
-            experts=experts,
-            weights=combine_weights(scores, experts, renormalize=False),
-            logits=logits,
-            aux_losses=standard_aux_losses(
-                logits,
-                scores,
-                experts,
-                score="softmax",
-                aux_loss_coef=self.params.aux_loss_coef,
-                z_loss_coef=0.0,
-            ),
+        return standard_routing(
+            logits,
+            scores,
+            experts,
+            score="softmax",
+            renormalize=False,
+            aux_loss_coef=self.params.aux_loss_coef,
+            z_loss_coef=0.0,
         )

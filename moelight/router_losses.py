@@ -1,4 +1,4 @@
-"""Router math shared by the bundled routers: scores, combine weights and auxiliary losses.
+"""Router math shared by the bundled routers: scores, combine weights, auxiliary losses, `Routing`.
 
 Everything is computed in float32 whatever the input dtype, since router probabilities and
 their losses are sensitive to bf16 rounding.
@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+
+from moelight.routing import Routing
 
 Score = Literal["softmax", "sigmoid"]
 
@@ -86,3 +88,29 @@ def standard_aux_losses(
     if z_loss_coef:
         losses["z_loss"] = z_loss_coef * z_loss(logits)
     return losses
+
+
+def standard_routing(
+    logits: torch.Tensor,
+    scores: torch.Tensor,
+    experts: torch.Tensor,
+    *,
+    score: Score,
+    renormalize: bool,
+    aux_loss_coef: float,
+    z_loss_coef: float,
+) -> Routing:
+    """The `Routing` for chosen `experts`: `combine_weights` and `standard_aux_losses`."""
+    return Routing(
+        experts=experts,
+        weights=combine_weights(scores, experts, renormalize),
+        logits=logits,
+        aux_losses=standard_aux_losses(
+            logits,
+            scores,
+            experts,
+            score=score,
+            aux_loss_coef=aux_loss_coef,
+            z_loss_coef=z_loss_coef,
+        ),
+    )

@@ -79,3 +79,12 @@ def resolve_device(name: str) -> torch.device:
     if name.split(":")[0] not in ("cpu", "cuda"):
         raise MoelightError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
     return torch.device(name)
+
+
+def resolve_baseline(candidates: list[Candidate], baseline: str | None) -> tuple[list[str], str]:
+    """The candidates' labels and the baseline among them (the first when none is given)."""
+    labels = [c.label for c in candidates]
+    baseline = baseline or labels[0]
+    if baseline not in labels:
+        raise ValueError(f"baseline {baseline!r} is not among the candidates {labels}")
+    return labels, baseline

@@ -7,16 +7,15 @@ is compared with the reference (`sorted`) to show that the numbers time correct 
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from moelight.bench.candidates import Candidate, parse_router, resolve_device
+from moelight.bench.candidates import Candidate, parse_router, resolve_baseline, resolve_device
 from moelight.bench.presets import LayerShape
 from moelight.bench.reference import GEMM_ONLY, HF_LOOP, HFLoopDispatcher, sort_rows
-from moelight.bench.timing import interleaved, paired_speedups, quantile, summarize
+from moelight.bench.timing import interleaved, paired_results
 from moelight.dispatch import ExpertParallelContext
 from moelight.experts import ExpertWeights
 from moelight.layer_context import LayerContext
@@ -72,10 +71,7 @@ def bench_layer(
 ) -> dict[str, Any]:
     """Time forward+backward of each candidate, interleaved; returns the JSON-able result."""
     dev = resolve_device(device)
-    labels = [c.label for c in candidates]
-    baseline = baseline or labels[0]
-    if baseline not in labels:
-        raise ValueError(f"baseline {baseline!r} is not among the candidates {labels}")
+    labels, baseline = resolve_baseline(candidates, baseline)
     layers, ctx, experts, router_mod = build_layers(shape, candidates, router, dev, seed)
     dtype = shape.torch_dtype
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -111,22 +107,8 @@ def bench_layer(
                 errors[label] = _relative_error(layer(x), ref)
 
     times = interleaved(fns, repeats=repeats, warmup=warmup, device=dev, before=clear)
-    results = []
-    for label in labels:
-        s = summarize(times[label])
-        ratios = paired_speedups(times[baseline], times[label])
-        results.append(
-            {
-                "name": label,
-                **s.as_dict(),
-                "speedup": statistics.median(ratios),
-                "speedup_q1": quantile(ratios, 0.25),
-                "speedup_q3": quantile(ratios, 0.75),
-                "tokens_per_s": shape.tokens / (s.median_ms / 1e3),
-                "max_rel_err": errors[label],
-                "times_ms": times[label],
-            }
-        )
+    errs = {label: {"max_rel_err": err} for label, err in errors.items()}
+    results = paired_results(times, labels, baseline, shape.tokens, errs)
     return {
         "kind": "layer",
         "shape": shape.as_dict(),

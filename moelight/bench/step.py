@@ -8,16 +8,15 @@ weights), differing only in `dispatcher`. Batches are random token ids of the re
 from __future__ import annotations
 
 import contextlib
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from moelight.bench.candidates import Candidate, resolve_device
+from moelight.bench.candidates import Candidate, resolve_baseline, resolve_device
 from moelight.bench.reference import GEMM_ONLY, HF_LOOP, HFLoopDispatcher
-from moelight.bench.timing import interleaved, paired_speedups, quantile, summarize
+from moelight.bench.timing import interleaved, paired_results
 from moelight.errors import MoelightError
 from moelight.model.transformer import MoETransformer
 from moelight.recipe import Recipe
@@ -67,10 +66,7 @@ def bench_step(
     from moelight.training.optim import build_optimizer
 
     dev = resolve_device(device)
-    labels = [c.label for c in candidates]
-    baseline = baseline or labels[0]
-    if baseline not in labels:
-        raise ValueError(f"baseline {baseline!r} is not among the candidates {labels}")
+    labels, baseline = resolve_baseline(candidates, baseline)
     param_dtype, autocast_dtype = _precision(recipe, dev)
     b, s = recipe.data.batch_size, recipe.data.seq_len
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -109,21 +105,7 @@ def bench_step(
         optimizers[label].zero_grad(set_to_none=True)
 
     times = interleaved(fns, repeats=repeats, warmup=warmup, device=dev, before=clear)
-    results = []
-    for label in labels:
-        summary = summarize(times[label])
-        ratios = paired_speedups(times[baseline], times[label])
-        results.append(
-            {
-                "name": label,
-                **summary.as_dict(),
-                "speedup": statistics.median(ratios),
-                "speedup_q1": quantile(ratios, 0.25),
-                "speedup_q3": quantile(ratios, 0.75),
-                "tokens_per_s": b * s / (summary.median_ms / 1e3),
-                "times_ms": times[label],
-            }
-        )
+    results = paired_results(times, labels, baseline, b * s)
     return {
         "kind": "step",
         "model": recipe.model.model_dump(mode="json"),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -107,3 +108,32 @@ def interleaved(
 def paired_speedups(baseline_ms: list[float], candidate_ms: list[float]) -> list[float]:
     """Per-round baseline/candidate time ratios: > 1 means the candidate is faster."""
     return [b / c for b, c in zip(baseline_ms, candidate_ms, strict=True)]
+
+
+def paired_results(
+    times: Mapping[str, list[float]],
+    labels: list[str],
+    baseline: str,
+    tokens: int,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One JSON-able row per label from `interleaved` timings: its summary, the median and
+    quartiles of its paired speedups over `baseline`, tokens per second at the median time,
+    then the label's `extra` fields, then every repeat's time."""
+    results = []
+    for label in labels:
+        summary = summarize(times[label])
+        ratios = paired_speedups(times[baseline], times[label])
+        results.append(
+            {
+                "name": label,
+                **summary.as_dict(),
+                "speedup": statistics.median(ratios),
+                "speedup_q1": quantile(ratios, 0.25),
+                "speedup_q3": quantile(ratios, 0.75),
+                "tokens_per_s": tokens / (summary.median_ms / 1e3),
+                **(extra or {}).get(label, {}),
+                "times_ms": times[label],
+            }
+        )
+    return results

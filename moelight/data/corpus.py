@@ -45,7 +45,7 @@ import sys
 import sysconfig
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,8 +129,9 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
 
-def _jsonl_documents(path: Path, rel: str, text_field: str) -> list[Document]:
-    docs: list[Document] = []
+def iter_jsonl(path: Path, field: str) -> Iterator[tuple[int, Any, int]]:
+    """(line number, record, size in bytes) of each non-blank line of a .jsonl file; a line that
+    is not valid JSON is a ConfigError for the recipe `field`."""
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
@@ -138,28 +139,34 @@ def _jsonl_documents(path: Path, rel: str, text_field: str) -> list[Document]:
             try:
                 record = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise ConfigError("data.source", f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                if isinstance(record, dict) and INSTRUCT_KEYS & set(record):
-                    raise ConfigError(
-                        "data.format",
-                        f"{path}:{lineno}: looks like instruction data (keys {keys}); "
-                        "set data.format: instruct to fine-tune on it (loss on responses only), "
-                        "or data.text_field to read one field as plain text",
-                    )
+                raise ConfigError(field, f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            yield lineno, record, len(raw)
+
+
+def _jsonl_documents(path: Path, rel: str, text_field: str) -> list[Document]:
+    docs: list[Document] = []
+    for lineno, record, _ in iter_jsonl(path, "data.source"):
+        if not isinstance(record, dict) or text_field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            if isinstance(record, dict) and INSTRUCT_KEYS & set(record):
                 raise ConfigError(
-                    "data.source",
-                    f"{path}:{lineno}: record has no field {text_field!r} (data.text_field); got {keys}",
+                    "data.format",
+                    f"{path}:{lineno}: looks like instruction data (keys {keys}); "
+                    "set data.format: instruct to fine-tune on it (loss on responses only), "
+                    "or data.text_field to read one field as plain text",
                 )
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise ConfigError(
-                    "data.source",
-                    f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, expected a string",
-                )
-            data = text.encode("utf-8")
-            docs.append(Document(f"{rel}:{lineno}", lambda data=data: data))
+            raise ConfigError(
+                "data.source",
+                f"{path}:{lineno}: record has no field {text_field!r} (data.text_field); got {keys}",
+            )
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise ConfigError(
+                "data.source",
+                f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, expected a string",
+            )
+        data = text.encode("utf-8")
+        docs.append(Document(f"{rel}:{lineno}", lambda data=data: data))
     return docs
 
 
@@ -183,7 +190,9 @@ def _stat_list(files: list[tuple[str, Path]]) -> list[list[Any]]:
 def resolve_source(cfg: DataConfig) -> Source:
     """Find the documents named by `cfg.source` (reading nothing but directory listings yet)."""
     if cfg.format == "instruct":
-        raise ConfigError("data.format", "instruction data is read by moelight.data.instruct, not as a corpus")
+        raise ConfigError(
+            "data.format", "instruction data is read by moelight.data.instruct, not as a corpus"
+        )
     if cfg.source == "embedded":
         files = embedded_files()
         if not files:
@@ -211,7 +220,10 @@ def resolve_source(cfg: DataConfig) -> Source:
 
     if path.is_file():
         if path.suffix.lower() == ".parquet":
-            raise ConfigError("data.source", f"{path}: parquet is not read; convert it to jsonl (one {{\"text\": ...}} per line)")
+            raise ConfigError(
+                "data.source",
+                f'{path}: parquet is not read; convert it to jsonl (one {{"text": ...}} per line)',
+            )
         files = [(path.name, path)]
     else:
         files = []

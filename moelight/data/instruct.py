@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from moelight.errors import ConfigError
 
-from .corpus import Corpus, TokenSplit, is_validation, token_dtype
+from .corpus import Corpus, TokenSplit, is_validation, iter_jsonl, token_dtype
 from .tokenizer import ByteTokenizer, HFTokenizer
 
 if TYPE_CHECKING:
@@ -263,15 +263,8 @@ def read_records(path: Path, rel: str | None = None) -> Iterator[tuple[str, Any,
         for n, record in enumerate(data):
             yield f"{rel}:{n}", record, len(json.dumps(record))
         return
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(FIELD, f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            yield f"{rel}:{lineno}", record, len(raw)
+    for lineno, record, size in iter_jsonl(path, FIELD):
+        yield f"{rel}:{lineno}", record, size
 
 
 def load_examples(source: str | Path, tokenizer: Tok, max_bytes: int | None = None) -> list[Example]:

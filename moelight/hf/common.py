@@ -130,6 +130,28 @@ def common_model_fields(cfg: dict[str, Any], source: str, rope_default: float) -
     }
 
 
+def every_layer_moe_fields(
+    cfg: dict[str, Any], source: str, *, rope_default: float, experts_key: str, qk_norm: bool
+) -> dict[str, Any]:
+    """ModelConfig fields of a decoder that is MoE in every layer, without a shared expert or
+    attention biases (Mixtral, OLMoE); `experts_key` is the config.json name of the expert count."""
+    fields = common_model_fields(cfg, source, rope_default)
+    k = require(cfg, "num_experts_per_tok", source)
+    ffn = require(cfg, "intermediate_size", source)
+    fields.update(
+        ffn_hidden_size=ffn,  # unused: every layer is MoE
+        num_experts=require(cfg, experts_key, source),
+        top_k=k,
+        expert_ffn_hidden_size=ffn,
+        moe_every=1,
+        shared_expert_ffn_hidden_size=0,
+        shared_expert_gate=False,
+        qkv_bias=False,
+        qk_norm=qk_norm,
+    )
+    return fields
+
+
 def common_hf_fields(model: ModelConfig) -> dict[str, Any]:
     head_dim = model.head_dim or model.hidden_size // model.n_heads
     return {

@@ -16,8 +16,7 @@ from moelight.hf.common import (
     aux_coef_to_hf,
     aux_coef_to_moelight,
     common_hf_fields,
-    common_model_fields,
-    require,
+    every_layer_moe_fields,
     topk_router_of,
 )
 from moelight.recipe import ModelConfig
@@ -31,20 +30,10 @@ class Mixtral(Architecture):
 
     def to_moelight(self, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         src = "mixtral config.json"
-        fields = common_model_fields(cfg, src, rope_default=1e6)
-        k = require(cfg, "num_experts_per_tok", src)
-        ffn = require(cfg, "intermediate_size", src)
-        fields.update(
-            ffn_hidden_size=ffn,  # unused: every layer is MoE
-            num_experts=require(cfg, "num_local_experts", src),
-            top_k=k,
-            expert_ffn_hidden_size=ffn,
-            moe_every=1,
-            shared_expert_ffn_hidden_size=0,
-            shared_expert_gate=False,
-            qkv_bias=False,
-            qk_norm=False,
+        fields = every_layer_moe_fields(
+            cfg, src, rope_default=1e6, experts_key="num_local_experts", qk_norm=False
         )
+        k = fields["top_k"]
         jitter = float(cfg.get("router_jitter_noise") or 0.0)
         router = {
             "name": "topk",

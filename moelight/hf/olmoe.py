@@ -12,8 +12,7 @@ from moelight.hf.common import (
     aux_coef_to_hf,
     aux_coef_to_moelight,
     common_hf_fields,
-    common_model_fields,
-    require,
+    every_layer_moe_fields,
     topk_router_of,
 )
 from moelight.recipe import ModelConfig
@@ -31,20 +30,10 @@ class Olmoe(Architecture):
             )
         if cfg.get("clip_qkv") is not None:
             raise MoelightError(f"{src}: clip_qkv ({cfg['clip_qkv']}) is not supported")
-        fields = common_model_fields(cfg, src, rope_default=10000.0)
-        k = require(cfg, "num_experts_per_tok", src)
-        ffn = require(cfg, "intermediate_size", src)
-        fields.update(
-            ffn_hidden_size=ffn,  # unused: every layer is MoE
-            num_experts=require(cfg, "num_experts", src),
-            top_k=k,
-            expert_ffn_hidden_size=ffn,
-            moe_every=1,
-            shared_expert_ffn_hidden_size=0,
-            shared_expert_gate=False,
-            qkv_bias=False,
-            qk_norm=True,
+        fields = every_layer_moe_fields(
+            cfg, src, rope_default=10000.0, experts_key="num_experts", qk_norm=True
         )
+        k = fields["top_k"]
         router = {
             "name": "topk",
             "score": "softmax",

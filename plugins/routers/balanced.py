@@ -23,11 +23,10 @@ from torch import nn
 
 from moelight.api import LayerContext, PluginParams, Router, Routing, routers
 from moelight.router_losses import (
-    combine_weights,
     cv_squared,
     expert_counts,
     router_scores,
-    standard_aux_losses,
+    standard_routing,
     z_loss,
 )
 
@@ -148,18 +147,14 @@ class BalancedRouter(Router):
         experts = (scores.detach() + self.expert_bias).topk(k, dim=-1).indices
         if self.training and p.bias_update_rate:
             self._update_bias(experts)
-        return Routing(
-            experts=experts,
-            weights=combine_weights(scores, experts, p.renormalize),
-            logits=logits,
-            aux_losses=standard_aux_losses(
-                logits,
-                scores,
-                experts,
-                score=p.score,
-                aux_loss_coef=p.aux_loss_coef,
-                z_loss_coef=p.z_loss_coef,
-            ),
+        return standard_routing(
+            logits,
+            scores,
+            experts,
+            score=p.score,
+            renormalize=p.renormalize,
+            aux_loss_coef=p.aux_loss_coef,
+            z_loss_coef=p.z_loss_coef,
         )
 
     @torch.no_grad()

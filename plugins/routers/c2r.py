@@ -17,7 +17,7 @@ from torch import nn
 
 from moelight.api import ConfigError, LayerContext, PluginParams, Router, Routing, routers
 from moelight.collaboration import is_collaborator_list
-from moelight.router_losses import combine_weights, router_scores, standard_aux_losses
+from moelight.router_losses import router_scores, standard_routing
 
 
 @routers.register("c2r")
@@ -143,16 +143,12 @@ class C2RRouter(Router):
             experts = torch.cat([top1, picked], dim=1)
         else:
             experts = top1
-        return Routing(
-            experts=experts,
-            weights=combine_weights(scores, experts, p.renormalize),
-            logits=logits,
-            aux_losses=standard_aux_losses(
-                logits,
-                scores,
-                experts,
-                score=p.score,
-                aux_loss_coef=p.aux_loss_coef,
-                z_loss_coef=p.z_loss_coef,
-            ),
+        return standard_routing(
+            logits,
+            scores,
+            experts,
+            score=p.score,
+            renormalize=p.renormalize,
+            aux_loss_coef=p.aux_loss_coef,
+            z_loss_coef=p.z_loss_coef,
         )

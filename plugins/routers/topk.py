@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import nn
 
 from moelight.api import LayerContext, PluginParams, Router, Routing, routers
-from moelight.router_losses import combine_weights, router_scores, standard_aux_losses
+from moelight.router_losses import router_scores, standard_routing
 
 
 @routers.register("topk")
@@ -40,16 +40,12 @@ class TopKRouter(Router):
         logits = self.gate(x).float()
         scores = router_scores(logits, p.score)
         experts = scores.topk(self.ctx.top_k, dim=-1).indices
-        return Routing(
-            experts=experts,
-            weights=combine_weights(scores, experts, p.renormalize),
-            logits=logits,
-            aux_losses=standard_aux_losses(
-                logits,
-                scores,
-                experts,
-                score=p.score,
-                aux_loss_coef=p.aux_loss_coef,
-                z_loss_coef=p.z_loss_coef,
-            ),
+        return standard_routing(
+            logits,
+            scores,
+            experts,
+            score=p.score,
+            renormalize=p.renormalize,
+            aux_loss_coef=p.aux_loss_coef,
+            z_loss_coef=p.z_loss_coef,
         )
