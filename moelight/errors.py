@@ -23,7 +23,7 @@ def validation_message(err, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(e["loc"]))
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
             allowed = e.get("ctx", {}).get("allowed")
@@ -31,5 +31,5 @@ def validation_message(err, prefix: str = "") -> str:
                 msg += f" (allowed: {allowed})"
         elif "input" in e and not isinstance(e["input"], dict):
             msg += f" (got {e['input']!r})"
-        lines.append(f"{path}: {msg}")
+        lines.append(f"{path}: {msg}" if path else msg)
     return "\n".join(lines)

@@ -27,10 +27,22 @@ class ExpertWeights(nn.Module):
         self.reset_parameters()
 
     # w2 is stored [E, hidden, ffn] so that every matrix is (out, in) like nn.Linear.
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.w1, std=self.init_std)
-        nn.init.normal_(self.v1, std=self.init_std)
-        nn.init.normal_(self.w2, std=self.init_std / math.sqrt(2.0))
+        """Each expert is drawn from its own generator seeded by (one draw of the global RNG, global id).
+
+        So expert g gets the same weights whichever rank holds it, and the global RNG advances by
+        the same amount on every rank: a run at any expert-parallel size starts from the same model.
+        """
+        base = int(torch.randint(0, 2**62, (1,), device="cpu"))
+        if self.w1.is_meta:
+            return
+        gen = torch.Generator(device=self.w1.device)
+        for i, g in enumerate(self.global_ids):
+            gen.manual_seed(base + g)
+            self.w1[i].normal_(0.0, self.init_std, generator=gen)
+            self.v1[i].normal_(0.0, self.init_std, generator=gen)
+            self.w2[i].normal_(0.0, self.init_std / math.sqrt(2.0), generator=gen)
 
     @property
     def num_local(self) -> int:

@@ -22,7 +22,8 @@ HELP = """usage: moelight fit [RECIPE.yaml] [key.path=value | --key.path value .
 Train the model a recipe describes. Without a recipe, the embedded default (recipes/quickstart.yaml)
 is used. Overrides are parsed as YAML scalars, e.g. trainer.max_steps=50 --router.name c2r.
   --resume last   continue from <trainer.out_dir>/checkpoints/last.ckpt (step count and data position)
-  --resume PATH   continue from a given checkpoint
+  --resume PATH   continue from a given checkpoint (a file, or an expert-parallel checkpoint directory,
+                  which resumes at any parallel.expert_parallel)
   --print-recipe  print the validated recipe and exit
 """
 
@@ -40,8 +41,25 @@ def resolve_resume(recipe: Recipe, resume: str | None) -> str | None:
                 f"--resume last: no checkpoint in {checkpoint_dir(recipe)} (train first, or set trainer.out_dir)"
             )
         resume = str(found)
+    if Path(resume).is_dir():
+        return resolve_sharded(recipe, Path(resume))
     check_checkpoint_file(resume)
     return resume
+
+
+def resolve_sharded(recipe: Recipe, path: Path) -> str:
+    """A sharded (expert-parallel) checkpoint directory: refuse it unless complete; without expert
+    parallelism, Lightning loads ordinary files, so gather the shards into one (once, kept beside them)."""
+    from moelight.parallel.checkpoint import check_sharded, consolidate
+
+    check_sharded(path)
+    if recipe.parallel.expert_parallel > 1:
+        return str(path)  # the expert_parallel strategy reads (and reshards) it
+    single = path / "consolidated.ckpt"
+    if not single.is_file():
+        console.print(f"resuming without expert parallelism: consolidating {path} into {single.name}")
+        consolidate(path, single)
+    return str(single)
 
 
 def report_model(recipe: Recipe) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         tmp = path.with_name(f".{path.name}.partial")
         super().save_checkpoint(checkpoint, tmp, storage_options)
+        if path.is_dir():  # an expert-parallel (sharded) checkpoint of the same name, resumed without EP
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+            return
         os.replace(tmp, path)  # a crash mid-save leaves the previous file intact
 
 

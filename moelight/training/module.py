@@ -48,7 +48,7 @@ class MoELanguageModel(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._lm_loss(batch)
         aux = self.model.aux_loss().to(loss.device)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the mean over ranks
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=20)))
         for layer in self.model.moe_layers:
             for name, value in layer.aux_losses.items():

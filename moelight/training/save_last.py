@@ -25,7 +25,9 @@ class SaveLast(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)  # every rank calls it: sharded strategies need all of them
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         # Only a preemption: after a crash the state may be the cause, so the last good file stays.
         if isinstance(exception, SIGTERMException):
             self._save(trainer)

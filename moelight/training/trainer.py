@@ -36,7 +36,9 @@ def build_loggers(recipe: Recipe) -> list:
 def build_strategy(recipe: Recipe):
     if recipe.parallel.expert_parallel > 1:
         from moelight.parallel.strategy import ExpertParallelStrategy
+        from moelight.parallel.validate import check_expert_parallel_recipe
 
+        check_expert_parallel_recipe(recipe)  # before launch: one clean error, not one per rank
         return ExpertParallelStrategy(expert_parallel=recipe.parallel.expert_parallel)
     return "auto"
 

@@ -1,0 +1,223 @@
+"""Per-expert vs group-local all2all, measured side by side in ONE CPU run with 2 gloo processes.
+
+    python benchmarks/ep_cpu_compare.py [--recipe recipes/ep-cpu.yaml] [--steps 20] [--warmup 3]
+                                        [--out bench-results/ep_cpu_compare.json] [key.path=value ...]
+
+Four configurations of the same recipe and seed, trained on the same batches: routing `topk`
+(the recipe's router) or `c2r` with `collaborators: placement` (top_t = experts per device - 1,
+so every token's experts sit on one device), each dispatched by `grouplocal` with one row per
+(token, expert) (`per_expert`, what MegaBlocks and most EP systems send) or one row per
+(token, device) (`per_device`, the group-local all2all). Per configuration: rows, remote rows,
+all2all bytes (both directions) and distinct devices per token and MoE layer, summed over both
+ranks, and the full training-step time (forward, backward, gradient sync, clipping, AdamW),
+timed round-robin across configurations (order rotated each round) after a warm-up, the slower
+rank's time per round. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from moelight.bench.timing import interleaved, paired_speedups, summarize
+from moelight.data.datamodule import MoEDataModule
+from moelight.model.build import build_model
+from moelight.parallel.grad_sync import clip_by_global_norm, expert_parameters, reduce_expert_grads
+from moelight.parallel.groups import build_groups
+from moelight.recipe import Recipe, load_recipe
+from moelight.training.optim import build_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTERS = ("tokens", "rows", "remote_rows", "bytes", "device_visits")
+
+
+def configurations(recipe: Recipe) -> dict[str, list[str]]:
+    per_device = recipe.model.num_experts // recipe.parallel.expert_parallel
+    c2r = ["router.name=c2r", "router.collaborators=placement", f"router.top_t={per_device - 1}"]
+    return {
+        "topk / per_expert": ["dispatcher.rows=per_expert"],
+        "topk / grouplocal": ["dispatcher.rows=per_device"],
+        "c2r / per_expert": c2r + ["dispatcher.rows=per_expert"],
+        "c2r / grouplocal": c2r + ["dispatcher.rows=per_device"],
+    }
+
+
+class Candidate:
+    """One configuration's model, optimizer and batch stream on this rank."""
+
+    def __init__(self, recipe: Recipe, groups, batches: list):
+        torch.manual_seed(recipe.seed)  # the same initial model for every configuration
+        model = build_model(recipe, groups.ep)
+        self.experts = list(expert_parameters(model).values())
+        self.expert_ids = {id(p) for p in self.experts}
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, list(expert_parameters(model))
+        )
+        self.model = model
+        self.ddp = DistributedDataParallel(model)
+        self.optimizer = build_optimizer(model, recipe.optim, recipe.trainer.max_steps)["optimizer"]
+        self.grad_clip = recipe.optim.grad_clip
+        self.groups = groups
+        self.batches = batches
+        self.i = 0
+
+    def step(self) -> None:
+        x, y = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        logits = self.ddp(x)
+        loss = (
+            F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1)) + self.model.aux_loss()
+        )
+        loss.backward()
+        g = self.groups
+        reduce_expert_grads(self.experts, g.edp_group, g.edp_size, g.world_size)
+        if self.grad_clip:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            clip_by_global_norm(params, self.expert_ids, self.grad_clip, g.ep.group)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def reset_counters(self) -> None:
+        for layer in self.model.moe_layers:
+            layer.dispatcher.stats.reset()
+
+    def counters(self) -> dict[str, int]:
+        out = dict.fromkeys(COUNTERS, 0)
+        for layer in self.model.moe_layers:
+            for key in COUNTERS:
+                out[key] += getattr(layer.dispatcher.stats, key)
+        return out
+
+
+def batches_for_rank(recipe: Recipe, world: int, rank: int, count: int) -> list:
+    data = MoEDataModule(recipe.data, seed=recipe.seed)
+    sampler = iter(data.train_sampler(world, rank))
+    out = []
+    for _ in range(count):
+        items = [data.train_dataset[next(sampler)] for _ in range(recipe.data.batch_size)]
+        out.append((torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])))
+    return out
+
+
+def worker(rank: int, port: int, args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    base = load_recipe(args.recipe, args.overrides)
+    world = base.parallel.expert_parallel
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    groups = build_groups(world, "cpu")
+    batches = batches_for_rank(base, world, rank, args.warmup + args.steps)
+    candidates = {
+        name: Candidate(load_recipe(args.recipe, args.overrides + extra), groups, batches)
+        for name, extra in configurations(base).items()
+    }
+    for c in candidates.values():  # warm-up, then count only the timed steps
+        for _ in range(args.warmup):
+            c.step()
+        c.reset_counters()
+    times = interleaved(
+        {name: c.step for name, c in candidates.items()},
+        repeats=args.steps,
+        warmup=0,
+        device=torch.device("cpu"),
+        before=lambda name: dist.barrier(),
+    )
+    results = {}
+    for name, c in candidates.items():
+        counts = torch.tensor([c.counters()[k] for k in COUNTERS], dtype=torch.float64)
+        dist.all_reduce(counts)
+        slowest = torch.tensor(times[name], dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        results[name] = {"counters": dict(zip(COUNTERS, counts.tolist())), "step_ms": slowest.tolist()}
+    if rank == 0:
+        report(base, args, results)
+    dist.destroy_process_group()
+
+
+def report(recipe: Recipe, args: argparse.Namespace, results: dict) -> None:
+    rows = []
+    for name, r in results.items():
+        c, ms = r["counters"], r["step_ms"]
+        tokens = c["tokens"]
+        baseline = results[name.split(" / ")[0] + " / per_expert"]["step_ms"]
+        speedups = sorted(paired_speedups(baseline, ms))
+        rows.append(
+            {
+                "config": name,
+                "rows_per_token": c["rows"] / tokens,
+                "remote_rows_per_token": c["remote_rows"] / tokens,
+                "all2all_bytes_per_token": c["bytes"] / tokens,
+                "devices_per_token": c["device_visits"] / tokens,
+                "step": summarize(ms).as_dict(),
+                "speedup_vs_per_expert_median": speedups[len(speedups) // 2],
+            }
+        )
+    header = f"{'config':<20}{'rows/tok':>9}{'remote/tok':>11}{'bytes/tok':>11}{'dev/tok':>9}{'step ms':>10}{'IQR':>8}{'vs per_expert':>15}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        s = r["step"]
+        print(
+            f"{r['config']:<20}{r['rows_per_token']:>9.3f}{r['remote_rows_per_token']:>11.3f}"
+            f"{r['all2all_bytes_per_token']:>11.1f}{r['devices_per_token']:>9.3f}{s['median_ms']:>10.1f}"
+            f"{s['iqr_ms']:>8.1f}{r['speedup_vs_per_expert_median']:>14.3f}x"
+        )
+    m = recipe.model
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s)/rank",
+        "torch": torch.__version__,
+        "recipe": str(args.recipe),
+        "overrides": args.overrides,
+        "world": recipe.parallel.expert_parallel,
+        "model": {"hidden": m.hidden_size, "experts": m.num_experts, "top_k": m.top_k, "layers": m.n_layers},
+        "tokens_per_rank_per_step": recipe.data.batch_size * recipe.data.seq_len,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "per_token": "per MoE layer; bytes count rows x hidden x element size, there and back, that left the device",
+    }
+    print(
+        f"\n{meta['machine']}; {meta['world']} gloo processes; {meta['tokens_per_rank_per_step']} tokens/rank/step; "
+        f"{args.steps} timed steps per config after {args.warmup} warm-up"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", default=str(ROOT / "recipes" / "ep-cpu.yaml"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument("--out", default="bench-results/ep_cpu_compare.json")
+    args, overrides = parser.parse_known_args(argv)
+    args.overrides = ["dispatcher.name=grouplocal", *overrides]
+    world = load_recipe(args.recipe, args.overrides).parallel.expert_parallel
+    start = time.perf_counter()
+    mp.spawn(worker, args=(free_port(), args), nprocs=world)
+    print(f"({time.perf_counter() - start:.0f}s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
