@@ -54,7 +54,8 @@ def is_collaborator_list(arr: np.ndarray | torch.Tensor) -> bool:
     if t.is_floating_point() and not bool((t == t.round()).all()):
         return False
     e = t.shape[-1]
-    return bool((t.sort(dim=-1).values == torch.arange(e, dtype=t.dtype)).all())
+    # Explicit device: callers may build models under a `torch.device("meta")` context.
+    return bool((t.sort(dim=-1).values == torch.arange(e, dtype=t.dtype, device=t.device)).all())
 
 
 def concentration(counts: torch.Tensor, t: int) -> float:
@@ -72,6 +73,65 @@ def concentration(counts: torch.Tensor, t: int) -> float:
     if not bool(active.any()):
         return 0.0
     return float((top[active] / total[active]).mean())
+
+
+# A `moelight profile` artifact: a directory holding PROFILE_TENSORS (safetensors) and
+# PROFILE_META (JSON); moelight/profiling.py writes it and documents every tensor.
+PROFILE_TENSORS = "profile.safetensors"
+PROFILE_META = "profile.json"
+
+
+def profile_artifact_file(path: str | Path) -> Path | None:
+    """The safetensors file of a profile artifact named by `path` (its directory or the file
+    itself), or None when `path` is not an artifact (e.g. a .npy/.json array)."""
+    p = Path(path)
+    if p.is_dir():
+        return p / PROFILE_TENSORS
+    if p.suffix.lower() == ".safetensors":
+        return p
+    return None
+
+
+def read_profile_tensors(path: str | Path, field: str = FIELD) -> dict[str, torch.Tensor]:
+    """All tensors of a profile artifact (directory or .safetensors file), or a ConfigError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = profile_artifact_file(path)
+    if file is None:
+        raise ConfigError(field, f"{path} is not a profile artifact (a directory or a .safetensors file)")
+    if not file.is_file():
+        where = f"{path} has no {PROFILE_TENSORS}" if Path(path).is_dir() else f"{path} not found"
+        raise ConfigError(field, f"{where} (make one with `moelight profile CHECKPOINT --out DIR`)")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(field, f"cannot read profile artifact {file}: {exc}") from None
+
+
+def _load_artifact(path: str, num_layers: int, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tensors = read_profile_tensors(path)
+    missing = [k for k in ("collaborators", "coactivation") if k not in tensors]
+    if missing:
+        raise ConfigError(FIELD, f"{path}: the profile artifact lacks tensors {missing}")
+    lists, counts = tensors["collaborators"], tensors["coactivation"]
+    if lists.dim() != 3 or lists.shape[-1] != lists.shape[-2] or lists.shape != counts.shape:
+        raise ConfigError(
+            FIELD,
+            f"{path}: collaborators {list(lists.shape)} and coactivation {list(counts.shape)} "
+            "must both be [layers, E, E]",
+        )
+    layers, experts = lists.shape[0], lists.shape[-1]
+    if (layers, experts) != (num_layers, num_experts):
+        raise ConfigError(
+            FIELD,
+            f"{path}: the profile has {layers} MoE layers x {experts} experts, but the model has "
+            f"{num_layers} MoE layers x {num_experts} experts (model.n_layers, model.moe_every, "
+            "model.num_experts); profile a checkpoint of this model's shape",
+        )
+    if not is_collaborator_list(lists):
+        raise ConfigError(FIELD, f"{path}: every collaborator list must be a permutation of 0..{experts - 1}")
+    return lists.long().contiguous(), counts.to(torch.float32).contiguous()
 
 
 def _read_array(path: str) -> np.ndarray:
@@ -114,12 +174,16 @@ def _read_array(path: str) -> np.ndarray:
 def load_collaboration(
     path: str, num_layers: int, num_experts: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Read collaborator lists or co-activation counts from a `.npy` or `.json` file.
+    """Read collaborator lists or co-activation counts from a `.npy` or `.json` file, or a
+    `moelight profile` artifact (its directory or its `profile.safetensors`).
 
     The array is [layers, E, E] or [E, E] (the same for every layer). Rows that are all
     permutations of 0..E-1 are taken as collaborator lists; anything else as counts, from which
-    the lists are computed. Returns (lists LongTensor[L, E, E], counts float32[L, E, E] or None).
+    the lists are computed. An artifact gives its own lists and counts, [layers, E, E] exactly.
+    Returns (lists LongTensor[L, E, E], counts float32[L, E, E] or None).
     """
+    if profile_artifact_file(path) is not None:
+        return _load_artifact(path, num_layers, num_experts)
     arr = _read_array(path)
     if arr.ndim not in (2, 3):
         raise ConfigError(FIELD, f"{path}: expected shape [layers, E, E] or [E, E], got {list(arr.shape)}")

@@ -28,8 +28,10 @@ def test_recipes_exist():
 )
 def test_recipe_trains_a_few_steps(path, tmp_path, run_env):
     recipe = load_recipe(path)
-    # Keep the recipe's plugins and expert layout; shrink everything else.
-    overrides = [o for o in TINY if not o.startswith(("model.num_experts", "model.top_k"))]
+    # Keep the recipe's plugins and expert layout (and its layer count when a collaboration profile
+    # fixes it); shrink everything else.
+    keep = ("model.num_experts", "model.top_k") + (("model.n_layers",) if recipe.profile.path else ())
+    overrides = [o for o in TINY if not o.startswith(keep)]
     overrides += ["trainer.max_steps=3", f"trainer.out_dir={tmp_path / 'run'}"]
     if isinstance(recipe.trainer.devices, int) and recipe.trainer.devices > 1:
         # Multi-process recipes go through Lightning's launcher, which re-runs the command per rank.

@@ -50,11 +50,13 @@ class C2RRouter(Router):
             )
         if t > e - 1:
             raise ConfigError("router.top_t", f"top_t = {t} must be <= num_experts - 1 (= {e - 1})")
-        collab = self._collaborator_lists(params, ctx)
-        if params.collaborators == "profile":
-            table, valid = self._profile_candidates(collab, t)
-        else:
-            table, valid = self._placement_candidates(ctx, collab, t)
+        # The tables are data, built on the CPU even when the model is built on the meta device.
+        with torch.device("cpu"):
+            collab = self._collaborator_lists(params, ctx)
+            if params.collaborators == "profile":
+                table, valid = self._profile_candidates(collab, t)
+            else:
+                table, valid = self._placement_candidates(ctx, collab, t)
         # Derived from the recipe's profile/placement, so not part of the checkpoint.
         self.register_buffer("candidates", table, persistent=False)
         self.register_buffer("candidate_valid", valid, persistent=False)
