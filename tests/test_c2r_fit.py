@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
