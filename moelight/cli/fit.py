@@ -50,16 +50,12 @@ def resolve_resume(recipe: Recipe, resume: str | None) -> str | None:
 def resolve_sharded(recipe: Recipe, path: Path) -> str:
     """A sharded (expert-parallel) checkpoint directory: refuse it unless complete; without expert
     parallelism, Lightning loads ordinary files, so gather the shards into one (once, kept beside them)."""
-    from moelight.parallel.checkpoint import check_sharded, consolidate
+    from moelight.parallel.checkpoint import check_sharded, consolidated
 
     check_sharded(path)
     if recipe.parallel.expert_parallel > 1:
         return str(path)  # the expert_parallel strategy reads (and reshards) it
-    single = path / "consolidated.ckpt"
-    if not single.is_file():
-        console.print(f"resuming without expert parallelism: consolidating {path} into {single.name}")
-        consolidate(path, single)
-    return str(single)
+    return str(consolidated(path))
 
 
 def report_model(recipe: Recipe) -> None:

@@ -39,14 +39,14 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(moelight state dict, the recipe as a dict when the source carries one) of `path`."""
     p = Path(path).expanduser()
+    if p.is_dir() and (p / ".metadata").is_file():
+        # An expert-parallel checkpoint: read its single-file form (all experts, in order).
+        from moelight.parallel.checkpoint import consolidated
+
+        p = consolidated(p)
     if p.is_dir():
         weights = p / MODEL_FILE
         if not weights.is_file():
-            if (p / ".metadata").is_file():
-                raise MoelightError(
-                    f"{p} is a distributed (sharded) checkpoint; init_from reads a converted directory, "
-                    "a .safetensors file or a single-file .ckpt"
-                )
             raise MoelightError(f"{p}: no {MODEL_FILE} (expected a `moelight convert import` directory)")
         recipe = None
         if (p / RECIPE_FILE).is_file():

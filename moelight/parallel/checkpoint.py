@@ -398,3 +398,13 @@ def consolidate(path: str | Path, out: str | Path) -> Path:
     torch.save(checkpoint, tmp)
     os.replace(tmp, out)
     return out
+
+
+def consolidated(path: str | Path) -> Path:
+    """The single-file form of a complete sharded checkpoint, written once beside its shards."""
+    path = Path(path)
+    check_sharded(path)
+    single = path / "consolidated.ckpt"
+    if not single.is_file():
+        consolidate(path, single)
+    return single

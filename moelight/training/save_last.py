@@ -19,7 +19,9 @@ class SaveLast(L.Callback):
         ckpt = self.checkpoint
         if ckpt.dirpath is None or ckpt._last_global_step_saved == trainer.global_step:
             return
-        trainer.save_checkpoint(f"{ckpt.dirpath}/{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
+        # Through the callback itself, so it overwrites its own last.ckpt (no last-v1) and
+        # knows the step is saved.
+        ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
         ckpt._last_global_step_saved = trainer.global_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
