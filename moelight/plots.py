@@ -17,6 +17,15 @@ import torch  # noqa: E402
 _STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "x"), ("-.", "P")]
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG and free the figure (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _row_shares(counts: torch.Tensor) -> torch.Tensor:
     c = torch.as_tensor(counts).to(torch.float64).clone()
     c.diagonal(dim1=-2, dim2=-1).fill_(0)
@@ -112,11 +121,7 @@ def concentration_plot(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def bar_plot(
@@ -155,11 +160,7 @@ def bar_plot(
     ax.grid(axis="y", alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8, ncol=min(len(series), 4), loc="upper center")
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def line_plot(
@@ -178,8 +179,4 @@ def line_plot(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
