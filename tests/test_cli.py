@@ -78,3 +78,12 @@ def test_resume_without_checkpoint_and_corrupt_checkpoint(capsys, tiny, tmp_path
 def test_unknown_verb_and_option(capsys):
     assert "allowed: fit" in errors_of(capsys, "fitt")
     assert "unknown option '--resum'" in errors_of(capsys, "fit", "--resum", "last")
+
+
+def test_a_fresh_run_never_silently_replaces_earlier_checkpoints(capsys, tiny, tmp_path):
+    assert main(["fit", *tiny]) == 0
+    saved = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    err = errors_of(capsys, "fit", *tiny)
+    assert "already holds checkpoints" in err and "--resume last" in err
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == saved
+    assert main(["fit", *tiny, "--overwrite"]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +25,8 @@ is used. Overrides are parsed as YAML scalars, e.g. trainer.max_steps=50 --route
   --resume last   continue from <trainer.out_dir>/checkpoints/last.ckpt (step count and data position)
   --resume PATH   continue from a given checkpoint (a file, or an expert-parallel checkpoint directory,
                   which resumes at any parallel.expert_parallel)
+  --overwrite     start afresh even though trainer.out_dir already holds checkpoints (they are
+                  replaced as the new run saves)
   --print-recipe  print the validated recipe and exit
 """
 
@@ -78,19 +81,33 @@ def run(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(HELP)
         return 0
-    args = split_args(argv, value_flags=("--resume",), bool_flags=("--print-recipe",))
+    args = split_args(argv, value_flags=("--resume",), bool_flags=("--print-recipe", "--overwrite"))
     recipe = load_recipe(args.recipe, args.overrides)
     if args.flags.get("--print-recipe"):
         print(recipe.to_yaml())
         return 0
     ckpt_path = resolve_resume(recipe, args.flags.get("--resume"))
+    if ckpt_path is None and not args.flags.get("--overwrite"):
+        refuse_to_overwrite(recipe)
     return fit(recipe, ckpt_path)
+
+
+def refuse_to_overwrite(recipe: Recipe) -> None:
+    """A fresh run would replace an earlier run's checkpoints: make the user say which they mean."""
+    existing = checkpoint_dir(recipe)
+    if existing.is_dir() and any(existing.iterdir()):
+        raise MoelightError(
+            f"{existing} already holds checkpoints of an earlier run; continue it with --resume last, "
+            "start afresh over it with --overwrite, or set another trainer.out_dir"
+        )
 
 
 def fit(recipe: Recipe, ckpt_path: str | None = None) -> int:
     from moelight.data.datamodule import MoEDataModule
     from moelight.training.module import MoELanguageModel
 
+    # An existing checkpoint directory is expected here: `run` already refused a silent overwrite.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     report_model(recipe)
     datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
