@@ -55,10 +55,10 @@ def resolve_sharded(recipe: Recipe, path: Path) -> str:
     parallelism, Lightning loads ordinary files, so gather the shards into one (once, kept beside them)."""
     from moelight.parallel.checkpoint import check_sharded, consolidated
 
-    check_sharded(path)
     if recipe.parallel.expert_parallel > 1:
+        check_sharded(path)
         return str(path)  # the expert_parallel strategy reads (and reshards) it
-    return str(consolidated(path))
+    return str(consolidated(path))  # checks it too
 
 
 def report_model(recipe: Recipe) -> None:

@@ -39,14 +39,13 @@ class MoELanguageModel(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
-    def _lm_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _lm_loss(self, batch) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
-        return loss, logits
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, _ = self._lm_loss(batch)
+        loss = self._lm_loss(batch)
         aux = self.model.aux_loss().to(loss.device)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the mean over ranks
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=20)))
@@ -64,7 +63,7 @@ class MoELanguageModel(L.LightningModule):
         return loss + aux
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, _ = self._lm_loss(batch)
+        loss = self._lm_loss(batch)
         self.val_loss.update(loss, weight=batch[0].shape[0])
 
     def on_validation_start(self) -> None:
