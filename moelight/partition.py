@@ -259,10 +259,15 @@ def expected_devices_per_token(
         if n.sum() == 0:
             out.append(0.0)
             continue
-        dev = placement[layer][s.clamp(min=0)]  # [S, k]
-        dev = dev.masked_fill(s < 0, -1)
-        # Distinct devices per row: sort and count changes, ignoring the -1 padding.
-        d = dev.sort(dim=1).values
-        distinct = (d[:, :1] >= 0).long().squeeze(1) + ((d[:, 1:] != d[:, :-1]) & (d[:, 1:] >= 0)).sum(1)
+        distinct = distinct_devices(s, placement[layer])
         out.append(float((distinct * n).sum()) / float(n.sum()))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def distinct_devices(experts: torch.Tensor, device_of: torch.Tensor) -> torch.Tensor:
+    """Distinct devices per token for expert ids [..., k] (-1 = padding, not counted) under
+    `device_of` [E]: the rows `grouplocal` sends per token."""
+    dev = device_of[experts.clamp(min=0)].masked_fill(experts < 0, -1)
+    # Sort and count changes, ignoring the -1 padding (which sorts first).
+    d = dev.sort(dim=-1).values
+    return (d[..., :1] >= 0).sum(-1) + ((d[..., 1:] != d[..., :-1]) & (d[..., 1:] >= 0)).sum(-1)

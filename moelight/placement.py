@@ -43,6 +43,13 @@ def groups_to_devices(groups: list[list[int]], num_experts: int, where: str) -> 
     return devices
 
 
+def devices_to_groups(devices: torch.Tensor, num_devices: int) -> list[list[int]]:
+    """Device id per expert [E] -> [[experts of dev 0], ...] (ascending ids); the inverse of
+    `groups_to_devices`."""
+    ids = devices.tolist()
+    return [[e for e, d in enumerate(ids) if d == dev] for dev in range(num_devices)]
+
+
 def check_balanced(devices: torch.Tensor, num_devices: int, where: str) -> None:
     counts = torch.bincount(devices, minlength=num_devices)
     if len(counts) != num_devices or (counts != counts[0]).any():
@@ -65,10 +72,7 @@ def load_placement(path: str, num_layers: int, num_experts: int, num_devices: in
             raise ConfigError(
                 FIELD, f"{path}: shape {tuple(arr.shape)}, expected [{num_layers}, {num_experts}]"
             )
-        groups = [
-            [[e for e in range(num_experts) if arr[i, e] == d] for d in range(num_devices)]
-            for i in range(num_layers)
-        ]
+        groups = [devices_to_groups(layer, num_devices) for layer in arr]
         if int(arr.max()) >= num_devices or int(arr.min()) < 0:
             raise ConfigError(FIELD, f"{path}: device ids must be in 0..{num_devices - 1}")
     elif p.suffix == ".json":
@@ -106,8 +110,5 @@ def resolve_placement(spec: str, num_layers: int, num_experts: int, num_devices:
 
 def save_placement(path: str | Path, placement: torch.Tensor, **extra) -> None:
     num_devices = int(placement.max()) + 1
-    layers = [
-        [[e for e in range(placement.shape[1]) if placement[i, e] == d] for d in range(num_devices)]
-        for i in range(placement.shape[0])
-    ]
+    layers = [devices_to_groups(layer, num_devices) for layer in placement]
     Path(path).write_text(json.dumps({"num_devices": num_devices, "layers": layers, **extra}, indent=1))

@@ -24,6 +24,7 @@ import torch
 
 from moelight.collaboration import collaborators_from_counts, is_collaborator_list
 from moelight.errors import MoelightError
+from moelight.partition import distinct_devices
 
 # ---- interconnects --------------------------------------------------------------------
 
@@ -119,12 +120,6 @@ def expected_devices_pairs(counts: torch.Tensor, device_of: torch.Tensor) -> flo
     same = (device_of[:, None] == device_of[None, :]).to(torch.float64)
     per_layer = 2 - (c * same).sum((-1, -2)) / c.sum((-1, -2)).clamp_min(1e-300)
     return float(per_layer.mean())
-
-
-def distinct_devices(experts: torch.Tensor, device_of: torch.Tensor) -> torch.Tensor:
-    """Distinct devices per token for expert ids [..., k] (the count `grouplocal` sends rows for)."""
-    d = device_of[experts].sort(dim=-1).values
-    return 1 + (d.diff(dim=-1) != 0).sum(-1)
 
 
 def expected_devices_routing(experts: torch.Tensor, device_of: torch.Tensor) -> float:
@@ -464,15 +459,14 @@ def scenarios_for(
         else:
             contig.rows[p] = expected_devices_random_placement(e, sizes, k)
         if collab is not None:
-            per_layer = [collaborative_devices(c, p) for c in source.counts.reshape(-1, e, e)]
+            layer_counts = source.counts.reshape(-1, e, e)
+            per_layer = [collaborative_devices(c, p) for c in layer_counts]
             if k == 2:
-                values = [
-                    expected_devices_pairs(c, d) for c, d in zip(source.counts.reshape(-1, e, e), per_layer)
-                ]
+                values = [expected_devices_pairs(c, d) for c, d in zip(layer_counts, per_layer)]
             else:
                 values = [
                     monte_carlo_devices(pairwise_model(c, k), d, max(1, samples // len(per_layer)), seed)
-                    for c, d in zip(source.counts.reshape(-1, e, e), per_layer)
+                    for c, d in zip(layer_counts, per_layer)
                 ]
             collab.rows[p] = float(np.mean(values))
         if c2r_prof is not None:
