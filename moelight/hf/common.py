@@ -23,6 +23,7 @@ import torch
 from pydantic import ValidationError
 
 from moelight.errors import MoelightError, validation_message
+from moelight.model.init_from import _first, read_checkpoint
 from moelight.recipe import ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -328,8 +329,6 @@ class HFCheckpoint:
 
     @classmethod
     def open(cls, path: str | Path) -> HFCheckpoint:
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_dir():
             raise MoelightError(f"Hugging Face checkpoint directory not found: {path}")
@@ -343,6 +342,7 @@ class HFCheckpoint:
         if not isinstance(config, dict):
             raise MoelightError(f"{config_path}: expected a JSON object")
         files: dict[str, Path] = {}
+        handles: dict[Path, Any] = {}
         index = path / INDEX_NAME
         if index.is_file():
             try:
@@ -368,13 +368,10 @@ class HFCheckpoint:
                 )
                 raise MoelightError(f"{path}: missing weight files: no *.safetensors{hint}")
             for shard in shards:
-                try:
-                    with safe_open(str(shard), framework="pt") as fh:
-                        for name in fh.keys():
-                            files[name] = shard
-                except Exception as exc:  # safetensors raises its own error types
-                    raise MoelightError(f"{shard}: not a readable safetensors file: {exc}") from None
-        return cls(path, config, files)
+                # Kept open: the tensors are read from the same handles later.
+                handles[shard] = _safe_open(shard)
+                files.update(dict.fromkeys(handles[shard].keys(), shard))
+        return cls(path, config, files, handles)
 
     def has(self, name: str) -> bool:
         return name in self.files
@@ -386,15 +383,19 @@ class HFCheckpoint:
         return self._handle(name).get_tensor(name)
 
     def _handle(self, name: str) -> Any:
-        from safetensors import safe_open
-
         file = self.files[name]
         if file not in self._handles:
-            try:
-                self._handles[file] = safe_open(str(file), framework="pt")
-            except Exception as exc:
-                raise MoelightError(f"{file}: not a readable safetensors file: {exc}") from None
+            self._handles[file] = _safe_open(file)
         return self._handles[file]
+
+
+def _safe_open(file: Path) -> Any:
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(file), framework="pt")
+    except Exception as exc:  # safetensors raises its own error types
+        raise MoelightError(f"{file}: not a readable safetensors file: {exc}") from None
 
 
 # ---- import --------------------------------------------------------------------------------
@@ -407,11 +408,6 @@ class Imported:
     router: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
     notes: list[str]
-
-
-def _list(names: list[str], n: int = 5) -> str:
-    more = f" (and {len(names) - n} more)" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
 
 
 def _read_entry(ckpt: HFCheckpoint, entry: Entry, expected: tuple[int, ...]) -> torch.Tensor:
@@ -470,7 +466,7 @@ def import_hf(hf_dir: str | Path) -> Imported:
             missing += [k for k in e.hf if not ckpt.has(k)]
     if missing:
         raise MoelightError(
-            f"{ckpt.path}: missing weights for the architecture config.json describes: {_list(missing)}"
+            f"{ckpt.path}: missing weights for the architecture config.json describes: {_first(missing)}"
         )
 
     state: dict[str, torch.Tensor] = {}
@@ -490,7 +486,7 @@ def import_hf(hf_dir: str | Path) -> Imported:
     unexpected = [k for k in ckpt.files if k not in used and k not in ignorable and not IGNORED_HF.match(k)]
     if unexpected:
         raise MoelightError(
-            f"{ckpt.path}: tensors the config.json does not account for: {_list(sorted(unexpected))} "
+            f"{ckpt.path}: tensors the config.json does not account for: {_first(sorted(unexpected))} "
             "(is config.json from the same model?)"
         )
     return Imported(arch, model, router, state, notes)
@@ -508,10 +504,10 @@ def export_state_dict(
     wanted = {e.ours for e in entries}
     missing = [e.ours for e in entries if e.ours not in state]
     if missing:
-        raise MoelightError(f"the checkpoint lacks tensors the model section implies: {_list(missing)}")
+        raise MoelightError(f"the checkpoint lacks tensors the model section implies: {_first(missing)}")
     unexpected = sorted(set(state) - wanted)
     if unexpected:
-        raise MoelightError(f"the checkpoint has tensors the model section does not: {_list(unexpected)}")
+        raise MoelightError(f"the checkpoint has tensors the model section does not: {_first(unexpected)}")
     out: dict[str, torch.Tensor] = {}
     for e in entries:
         t = state[e.ours]
@@ -671,7 +667,6 @@ def export_from_checkpoint(
 ) -> list[str]:
     """`moelight convert export`: a converted directory, .safetensors or Lightning .ckpt -> an HF
     directory (config.json + model.safetensors in the hub layout, plus the tokenizer if known)."""
-    from moelight.model.init_from import read_checkpoint
     from moelight.recipe import load_recipe, validate_recipe
 
     get_architecture(arch, "--arch")  # before reading a possibly large checkpoint
