@@ -40,6 +40,7 @@ from torch import nn
 
 from moelight.errors import MoelightError
 from moelight.experts import ExpertWeights
+from moelight.training.checkpoint_io import publish
 
 FORMAT_VERSION = 1
 META_FILE = "meta.pt"
@@ -132,6 +133,12 @@ def optimizer_to_global(
         for group, group_names in zip(opt_state["param_groups"], names)
     ]
     return tensors, {"param_groups": groups, "kinds": kinds}
+
+
+def model_keys(keys: list[str], layout: dict[str, list[int]]) -> list[str]:
+    """The tensor keys of a model state dict with keys `keys` whose experts are `layout`."""
+    out = [MODEL + k for k in keys if k not in layout]
+    return out + [MODEL + expert_key(k, gid) for k, ids in layout.items() for gid in ids]
 
 
 def optimizer_keys(saved: dict[str, Any], index: int, layout: dict[str, list[int]]) -> list[str]:
@@ -245,7 +252,7 @@ def save_sharded(
         (tmp / MARKER_FILE).write_text(
             json.dumps({"format": FORMAT_VERSION, "step": checkpoint.get("global_step")})
         )
-        _publish(tmp, path)
+        publish(tmp, path)
     _barrier()
 
 
@@ -265,18 +272,6 @@ def _gather_placement(layout: dict[str, list[int]], ep_rank: int) -> dict[str, l
         for key, ids in rank_layout.items():
             placement.setdefault(_module_of(key), {}).update({gid: device for gid in ids})
     return {key: [devices[g] for g in sorted(devices)] for key, devices in placement.items()}
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Move a finished directory to its name, replacing what was there."""
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.is_dir():
-        path.rename(old)
-    elif path.exists():
-        path.unlink()
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -337,15 +332,14 @@ def load_sharded(
     path = Path(path)
     meta = read_meta(path)
     layout = expert_layout(module)
-    model_keys = list(module.state_dict())
-    keys = [MODEL + k for k in model_keys if k not in layout]
-    keys += [MODEL + expert_key(k, gid) for k, ids in layout.items() for gid in ids]
+    names = list(module.state_dict())
+    keys = model_keys(names, layout)
     saved_optim = meta.get("optimizer_states", [])
     for i, saved in enumerate(saved_optim[: len(optimizers)]):
         keys += optimizer_keys(saved, i, layout)
     flat = read_tensors(path, keys)
     checkpoint = dict(meta)
-    checkpoint["state_dict"] = model_from_global(flat, model_keys, layout)
+    checkpoint["state_dict"] = model_from_global(flat, names, layout)
     if optimizers and saved_optim:
         checkpoint["optimizer_states"] = [
             optimizer_from_global(flat, saved, i, optimizer_param_names(opt, module), layout)
@@ -382,8 +376,7 @@ def consolidate(path: str | Path, out: str | Path) -> Path:
     meta = read_meta(path)
     info = meta["moelight_sharded"]
     layout = {key: list(range(n)) for key, n in info["experts"].items()}
-    keys = [MODEL + k for k in info["model_keys"] if k not in layout]
-    keys += [MODEL + expert_key(k, gid) for k, ids in layout.items() for gid in ids]
+    keys = model_keys(info["model_keys"], layout)
     saved_optim = meta.get("optimizer_states", [])
     for i, saved in enumerate(saved_optim):
         keys += optimizer_keys(saved, i, layout)

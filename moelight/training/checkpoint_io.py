@@ -13,19 +13,28 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from moelight.errors import MoelightError
 
 
+def publish(tmp: Path, path: Path) -> None:
+    """Move a finished checkpoint `tmp` (file or directory) to `path`, replacing what is there.
+
+    A file over a file is one atomic rename: a crash mid-save leaves the previous file intact. A
+    directory in the way (e.g. a sharded checkpoint resumed without EP) is moved aside first.
+    """
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.is_dir():
+        path.rename(old)
+    elif path.exists() and tmp.is_dir():
+        path.unlink()
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.partial")
         super().save_checkpoint(checkpoint, tmp, storage_options)
-        if path.is_dir():  # an expert-parallel (sharded) checkpoint of the same name, resumed without EP
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        os.replace(tmp, path)  # a crash mid-save leaves the previous file intact
+        publish(tmp, path)
 
 
 def check_checkpoint_file(path: str | Path) -> None:

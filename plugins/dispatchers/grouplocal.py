@@ -102,7 +102,8 @@ class GroupLocalDispatcher(Dispatcher):
         opens = first == torch.arange(k, device=dev.device)
         keys = torch.where(opens, dev, -1) if self.per_device else dev
         opened, _, send_counts = counting_sort(keys, p, impl)
-        num_rows = int(send_counts.sum())
+        send_splits = send_counts.tolist()  # one host sync: split sizes, row count and stats
+        num_rows = sum(send_splits)
         row_token, row_experts, dest, token_rows = row_plan(
             first, slot, local, opened, num_rows, self.per_device, impl
         )
@@ -117,7 +118,7 @@ class GroupLocalDispatcher(Dispatcher):
         if p > 1:
             recv_counts = torch.empty_like(send_counts)
             dist.all_to_all_single(recv_counts, send_counts, group=self.ep.group)
-            out_splits, in_splits = recv_counts.tolist(), send_counts.tolist()
+            out_splits, in_splits = recv_counts.tolist(), send_splits
             recv_x = _all_to_all(send_x, out_splits, in_splits, self.ep.group)
             recv_meta = _all_to_all(send_meta, out_splits, in_splits, self.ep.group)
         else:
@@ -138,15 +139,16 @@ class GroupLocalDispatcher(Dispatcher):
         back = _all_to_all(out_rows, in_splits, out_splits, self.ep.group) if p > 1 else out_rows
         y = combine_rows(back, token_rows, None, impl)
 
-        self._count(t, opens, send_counts, x)
+        self._count(t, opens, send_splits, x)
         return y.to(x.dtype)
 
-    def _count(self, tokens: int, opens: torch.Tensor, send_counts: torch.Tensor, x: torch.Tensor) -> None:
-        rows = int(send_counts.sum())
-        remote = rows - int(send_counts[self.ep.rank])
+    def _count(self, tokens: int, opens: torch.Tensor, send_splits: list[int], x: torch.Tensor) -> None:
+        rows = sum(send_splits)
+        remote = rows - send_splits[self.ep.rank]
         s = self.stats
         s.tokens += tokens
         s.rows += rows
         s.remote_rows += remote
         s.bytes += remote * x.shape[1] * x.element_size() * 2  # there and back
-        s.device_visits += int(opens.sum())
+        # Per-device rows are exactly the opening choices; only per-expert rows need the count.
+        s.device_visits += rows if self.per_device else int(opens.sum())
