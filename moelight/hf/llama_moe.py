@@ -177,9 +177,7 @@ class LlamaMoe(Architecture):
             raise MoelightError(
                 f"--arch {arch}: the balanced router must use method: noisy_cv (LLaMA-MoE's gate)"
             )
-        if params.get("score", "softmax") != "softmax" or (
-            router["name"] == "c2r" and not params["renormalize"]
-        ):
+        if router["name"] == "c2r" and (params["score"] != "softmax" or not params["renormalize"]):
             raise MoelightError(
                 f"--arch {arch}: LLaMA-MoE weights the k chosen experts by a softmax over their logits "
                 "(c2r needs score: softmax and renormalize: true)"
