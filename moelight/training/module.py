@@ -76,4 +76,5 @@ class MoELanguageModel(L.LightningModule):
         self.log("val/ppl", torch.exp(loss.clamp(max=20)))
 
     def configure_optimizers(self):
-        return build_optimizer(self.model, self.recipe.optim, self.recipe.trainer.max_steps)
+        # The Trainer's max_steps: trainer.max_epochs resolves it once the data is loaded (EpochBudget).
+        return build_optimizer(self.model, self.recipe.optim, self.trainer.max_steps)

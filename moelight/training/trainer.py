@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from moelight.errors import MoelightError
 from moelight.recipe import Recipe
 from moelight.training.checkpoint_io import AtomicCheckpointIO
+from moelight.training.epochs import EpochBudget
 from moelight.training.progress import StepProgressBar
 from moelight.training.save_last import SaveLast
 
@@ -55,7 +56,7 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None, **overrides) ->
         monitor=None,
     )
     loggers = build_loggers(recipe)
-    cbs = [checkpoint, SaveLast(checkpoint)] + (callbacks or [])
+    cbs = [checkpoint, SaveLast(checkpoint), EpochBudget()] + (callbacks or [])
     if t.progress_bar:
         cbs.append(StepProgressBar())
     if loggers:
