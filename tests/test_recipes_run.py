@@ -14,7 +14,12 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"
 
 # Recipes whose inputs are the user's own (a pretrained model, instruction data) get test stand-ins
 # from a fixture of that recipe's own test module; listed here so none is silently left out.
-NEEDS_USER_INPUTS = {"qwen-moe-c2r-sft.yaml"}
+NEEDS_USER_INPUTS = {
+    "qwen-moe-c2r-sft.yaml",  # tests/test_hf_sft_recipe.py
+    "qwen-moe-topk-sft.yaml",  # tests/test_hf_sft_recipe.py
+    "llama-moe-c2r-sft.yaml",  # tests/test_llama_moe_sft_recipe.py
+    "llama-moe-topk-sft.yaml",  # tests/test_llama_moe_sft_recipe.py
+}
 
 
 def test_recipes_exist():
