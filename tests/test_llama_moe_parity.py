@@ -179,3 +179,45 @@ def test_expert_shape_not_matching_the_config_exits_2(tmp_path, capsys):
     (hf_dir / "config.json").write_text(json.dumps(cfg))
     assert main(["convert", "import", str(hf_dir), "--out", str(tmp_path / "m")]) == 2
     assert "shape mismatch" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("top_t", [1, 2, 3, 4, 5, 6])
+def test_c2r_router_matches_the_official_c2r_gate_on_many_tokens(top_t):
+    """Router level, training mode, the paper's LLaMA-MoE lists: the same noisy selection, weights
+    and balance loss as the official C2R gate, at every T the paper ran, and gradients too."""
+    from moelight.api import LayerContext, routers
+
+    lists = np.load(PAPER_LISTS)[5]
+    ctx = LayerContext(
+        hidden_size=16, num_experts=8, top_k=2, layer_index=5, collaborators=torch.from_numpy(lists).long()
+    )
+    params = {"name": "c2r", "top_t": top_t, "renormalize": True, "aux_loss_coef": 0.0, "gate_network": "mlp"}
+    params |= {"noise": True, "balance_loss_coef": 0.01, "load_membership": "noise", "score_scale": 4.0}
+    torch.manual_seed(0)
+    router = routers.build(params, ctx).train()
+    with torch.no_grad():
+        router.noise.weight.normal_(0, 0.3)
+        router.gate[2].weight.normal_(0, 1.0)
+    sd = {
+        "g.gate_network.0.weight": router.gate[0].weight,
+        "g.gate_network.2.weight": router.gate[2].weight,
+        "g.weight_noise.weight": router.noise.weight,
+    }
+    cfg = {"num_selects": 2, "num_experts": 8, "gate_network": "mlp", "gate_add_noise": True}
+    cfg |= {"gate_noise_epsilon": 0.01, "gate_balance_loss_weight": 0.01}
+    x = torch.randn(512, 16)
+    torch.manual_seed(3)
+    want_idx, want_scores, want_loss = official.gate(cfg, sd, "g", x, True, top_t, lists.tolist())
+    torch.manual_seed(3)
+    got = router(x)
+    assert torch.equal(got.experts, want_idx)
+    torch.testing.assert_close(got.weights, want_scores * 4.0)
+    torch.testing.assert_close(got.aux_losses["load_balance"], want_loss, rtol=1e-5, atol=1e-8)
+    # The same gradients reach the gate and the noise projection through the balance loss.
+    grads = torch.autograd.grad(got.aux_losses["load_balance"], [router.gate[0].weight, router.noise.weight])
+    want_grads = torch.autograd.grad(want_loss, [sd["g.gate_network.0.weight"], sd["g.weight_noise.weight"]])
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+    # Every second expert is one of the top-1 expert's first T collaborators.
+    for first, second in got.experts.tolist():
+        assert second in lists[first][:top_t].tolist()
