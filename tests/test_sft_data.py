@@ -174,3 +174,16 @@ def test_fit_with_max_epochs_runs_exactly_that_many_passes(tmp_path, run_env):
         ).train_dataset
     )
     assert ckpt["global_step"] == math.ceil(2 * train_rows / 8)  # global batch 4 x accumulate 2
+
+
+def test_answers_before_the_first_question_are_dropped():
+    from moelight.data.instruct import parse_record
+
+    record = {
+        "conversations": [
+            {"from": "gpt", "value": "Hi!"},
+            {"from": "human", "value": "q"},
+            {"from": "gpt", "value": "a"},
+        ]
+    }
+    assert parse_record(record) == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]

@@ -148,10 +148,13 @@ def parse_record(record: Any, where: str = "record") -> list[Message]:
         msgs.pop()  # an unanswered last question teaches nothing
     if not msgs:
         raise ConfigError(FIELD, f"{where}: the conversation has no assistant response")
-    first = next(m for m in msgs if m["role"] != "system")
-    if first["role"] != "user":
+    system = [m for m in msgs[:1] if m["role"] == "system"]
+    turns = msgs[len(system) :]
+    if not any(m["role"] == "user" for m in turns):
         raise ConfigError(FIELD, f"{where}: the conversation must start with a user turn")
-    return msgs
+    # Answers before the first question are dropped, as llama-moe's SFT script drops them.
+    first_user = next(i for i, m in enumerate(turns) if m["role"] == "user")
+    return system + turns[first_user:]
 
 
 # ---- rendering and tokenising --------------------------------------------------------------
