@@ -117,3 +117,11 @@ def test_recipe_trains_and_exports_with_standins(standins, tmp_path, recipe):
         cfg["model_type"] == "llama_moe" and cfg["gate_network"] == "mlp" and cfg["score_scale_factor"] == 4.0
     )
     assert ("top_t" in cfg) == (recipe == RECIPE)
+
+
+def test_profile_shape_not_matching_the_model_exits_2(standins, capsys):
+    """The paper's 32-layer lists against the 2-layer stand-in: one message, exit status 2."""
+    standins = [a for a in standins if not a.startswith("profile.path")]  # the recipe's own 32 x 8 x 8
+    assert main(["fit", str(RECIPE), *standins]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "profile.path" in err and "32" in err and "Traceback" not in err
