@@ -48,6 +48,11 @@ class ExpertWeights(nn.Module):
     def num_local(self) -> int:
         return len(self.global_ids)
 
+    def in_dtype(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(w1, v1, w2)` in `dtype`: the parameters themselves, or differentiable casts of them
+        (as autocast casts an nn.Linear's weight under bf16-mixed), for kernels that take raw tensors."""
+        return tuple(w if w.dtype == dtype else w.to(dtype) for w in (self.w1, self.v1, self.w2))
+
     def expert(self, x: torch.Tensor, local: int) -> torch.Tensor:
         """One expert's SwiGLU on rows `x: [n, d]`: the readable reference."""
         h = F.silu(x @ self.w1[local].t()) * (x @ self.v1[local].t())

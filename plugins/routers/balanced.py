@@ -21,12 +21,16 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 from torch import nn
 
-from moelight.api import LayerContext, PluginParams, Router, Routing, routers
-from moelight.router_losses import (
+from moelight.api import (
+    LayerContext,
+    Router,
+    Routing,
+    StandardRoutingParams,
     cv_squared,
     expert_counts,
+    finish_routing,
     router_scores,
-    standard_routing,
+    routers,
     z_loss,
 )
 
@@ -41,7 +45,7 @@ _METHOD_PARAMS = {
 class BalancedRouter(Router):
     """Top-k router with active load balancing (`noisy_cv` or `bias`)."""
 
-    class Params(PluginParams):
+    class Params(StandardRoutingParams):
         method: Literal["noisy_cv", "bias"] = Field("noisy_cv", description="balancing method")
         z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (both methods)")
         # noisy_cv
@@ -147,15 +151,7 @@ class BalancedRouter(Router):
         experts = (scores.detach() + self.expert_bias).topk(k, dim=-1).indices
         if self.training and p.bias_update_rate:
             self._update_bias(experts)
-        return standard_routing(
-            logits,
-            scores,
-            experts,
-            score=p.score,
-            renormalize=p.renormalize,
-            aux_loss_coef=p.aux_loss_coef,
-            z_loss_coef=p.z_loss_coef,
-        )
+        return finish_routing(logits, scores, experts, p)
 
     @torch.no_grad()
     def _update_bias(self, experts: torch.Tensor) -> None:

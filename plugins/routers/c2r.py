@@ -15,16 +15,24 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from moelight.api import ConfigError, LayerContext, PluginParams, Router, Routing, routers
-from moelight.collaboration import is_collaborator_list
-from moelight.router_losses import router_scores, standard_routing
+from moelight.api import (
+    ConfigError,
+    LayerContext,
+    Router,
+    Routing,
+    StandardRoutingParams,
+    finish_routing,
+    is_collaborator_list,
+    router_scores,
+    routers,
+)
 
 
 @routers.register("c2r")
 class C2RRouter(Router):
     """Top-1 expert plus the best k-1 of its top_t collaborators."""
 
-    class Params(PluginParams):
+    class Params(StandardRoutingParams):
         top_t: int = Field(
             ..., ge=1, description="candidates per token: the top-1 expert's first top_t collaborators"
         )
@@ -32,12 +40,6 @@ class C2RRouter(Router):
             "profile",
             description="collaborator source: the profile's lists, or the experts on the same device",
         )
-        score: Literal["softmax", "sigmoid"] = Field(
-            "softmax", description="score function over the router logits"
-        )
-        renormalize: bool = Field(False, description="renormalise the k combine weights to sum 1")
-        aux_loss_coef: float = Field(0.01, ge=0, description="Switch/GShard load-balancing loss weight")
-        z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (ST-MoE)")
 
     def __init__(self, params: Params, ctx: LayerContext):
         super().__init__(params, ctx)
@@ -145,12 +147,4 @@ class C2RRouter(Router):
             experts = torch.cat([top1, picked], dim=1)
         else:
             experts = top1
-        return standard_routing(
-            logits,
-            scores,
-            experts,
-            score=p.score,
-            renormalize=p.renormalize,
-            aux_loss_coef=p.aux_loss_coef,
-            z_loss_coef=p.z_loss_coef,
-        )
+        return finish_routing(logits, scores, experts, p)
