@@ -39,6 +39,22 @@ def test_contributing_shows_every_example_in_full():
         assert code == (ROOT / name).read_text(), f"CONTRIBUTING.md's listing of {name} differs from the file"
 
 
+def test_contributing_walkthroughs_end_in_passing_checks(monkeypatch):
+    """The `check_router` / `check_dispatcher` snippets CONTRIBUTING.md ends each walkthrough with, run as shown."""
+    snippets = [
+        code
+        for code in re.findall(r"```python\n(.*?)```", (ROOT / "CONTRIBUTING.md").read_text(), re.S)
+        if "moelight.testing import" in code
+    ]
+    assert [("check_router" in c, "check_dispatcher" in c) for c in snippets] == [
+        (True, False),
+        (False, True),
+    ]
+    monkeypatch.chdir(ROOT)  # the snippets name the examples relative to the repository
+    for code in snippets:
+        exec(compile(code, "CONTRIBUTING.md", "exec"), {})
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_plugins_pass_the_kit_checks(path):
     plugins = registered_by(path)
