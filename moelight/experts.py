@@ -7,6 +7,7 @@ MegaBlocks' layout. Rows are the experts this rank holds, in the order of `globa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -72,3 +73,11 @@ class ExpertWeights(nn.Module):
         if not outs:
             return x_sorted.new_zeros(x_sorted.shape)
         return torch.cat(outs)
+
+
+def named_expert_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, ExpertWeights]]:
+    """Every expert parameter in `module`: (its name in `module`, the parameter, the ExpertWeights holding it)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, ExpertWeights):
+            for pname, p in sub.named_parameters(recurse=False):
+                yield (f"{name}.{pname}" if name else pname), p, sub
