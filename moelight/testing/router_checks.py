@@ -40,6 +40,7 @@ def check_router(
     *,
     tokens: int = 64,
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16),
+    device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> None:
     """Raise AssertionError unless `router` keeps the router contract.
@@ -60,8 +61,8 @@ def check_router(
         built = cls(plugin_params(cls, params), ctx or default_layer_context())
     gen = torch.Generator().manual_seed(seed)
     for dtype in dtypes:
-        model = copy.deepcopy(built).to(dtype)
-        x = torch.randn(tokens, model.ctx.hidden_size, generator=gen).to(dtype)
+        model = copy.deepcopy(built).to(device, dtype)
+        x = torch.randn(tokens, model.ctx.hidden_size, generator=gen).to(device, dtype)
         _check_training(model, x, gen, f"train, {dtype}")
         _check_eval(model, x, f"eval, {dtype}")
         _check_eval(model, x[:1], f"eval, one token, {dtype}")
@@ -110,7 +111,7 @@ def _check_training(model: Router, x: torch.Tensor, gen: torch.Generator, where:
     model.zero_grad(set_to_none=True)
     routing = model(x)
     check_routing(routing, x.shape[0], model.ctx, where)
-    probe = torch.randn(routing.weights.shape, generator=gen)
+    probe = torch.randn(routing.weights.shape, generator=gen).to(x.device)
     loss = (routing.weights * probe).sum() + sum(routing.aux_losses.values())
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     require(bool(trainable), f"the router has no trainable parameter ({where})")
