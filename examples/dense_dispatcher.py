@@ -15,19 +15,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moelight.api import ConfigError, Dispatcher, Routing, dispatchers
+from moelight.api import Dispatcher, Routing, dispatchers
 
 
 @dispatchers.register("dense")
 class DenseDispatcher(Dispatcher):
     """Every local expert on every token, combined by a dense [T, E] weight matrix (small E, one device)."""
 
-    def __init__(self, params, ctx, experts, ep=None):
-        super().__init__(params, ctx, experts, ep)
-        if self.ep.size > 1:
-            raise ConfigError(
-                "dispatcher.name", "'dense' runs on one device; with expert parallelism use 'grouplocal'"
-            )
+    single_device = True  # refused, with a recipe error, under expert parallelism
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         t, k = routing.experts.shape
