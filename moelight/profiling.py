@@ -48,6 +48,7 @@ from moelight.collaboration import (
     PROFILE_TENSORS,
     coactivation_counts,
     collaborators_from_counts,
+    off_diagonal,
     read_profile_tensors,
 )
 from moelight.errors import MoelightError
@@ -125,8 +126,7 @@ def histogram_tensors(
 def concentration_curve(counts: torch.Tensor) -> torch.Tensor:
     """[..., E-1]: entry T-1 is the mean over experts (with any co-activation) of the share of
     their co-activations held by their top-T collaborators; `collaboration.concentration` per T."""
-    c = torch.as_tensor(counts).to(torch.float64).clone()
-    c.diagonal(dim1=-2, dim2=-1).zero_()
+    c = off_diagonal(counts)
     e = c.shape[-1]
     # Off-diagonal counts, largest first; the diagonal zero sorts last and is dropped.
     top = c.sort(dim=-1, descending=True).values[..., : e - 1].cumsum(-1)
@@ -139,8 +139,7 @@ def concentration_curve(counts: torch.Tensor) -> torch.Tensor:
 
 def specialization(counts: torch.Tensor) -> torch.Tensor:
     """[..., E]: 1 - normalised entropy of each expert's collaboration distribution (NaN if none)."""
-    c = torch.as_tensor(counts).to(torch.float64).clone()
-    c.diagonal(dim1=-2, dim2=-1).zero_()
+    c = off_diagonal(counts)
     e = c.shape[-1]
     total = c.sum(-1, keepdim=True)
     p = c / total.clamp(min=1e-300)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from moelight.api import ConfigError, LayerContext, routers
+from moelight.testing import check_router
 
 D, E, K, T = 16, 8, 2, 48
 
@@ -205,3 +206,16 @@ def test_method_specific_params_are_checked():
         build(method="bias", noise_epsilon=0.1)
     with pytest.raises(ConfigError, match="router.method"):
         build(method="sinkhorn")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"noise_epsilon": 0.1, "z_loss_coef": 1e-3},
+        {"method": "bias"},
+        {"method": "bias", "score": "softmax"},
+    ],
+)
+def test_keeps_the_router_contract(params):
+    check_router("balanced", params)

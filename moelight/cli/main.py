@@ -11,7 +11,7 @@ from moelight.errors import MoelightError
 
 VERBS = {
     "fit": ("moelight.cli.fit", "train a model from a recipe"),
-    "plugins": ("moelight.cli.plugins", "list installed routers and dispatchers"),
+    "plugins": ("moelight.cli.plugins", "installed routers and dispatchers, or one plugin's parameters"),
     "profile": ("moelight.cli.profile", "collaboration statistics, placement and plots of a checkpoint"),
     "bench": ("moelight.cli.bench", "benchmark dispatchers, layers and all2all"),
     "convert": ("moelight.cli.convert", "Hugging Face MoE checkpoints in and out"),

@@ -14,6 +14,7 @@ from moelight.model.build import build_model
 from moelight.recipe import Recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
 from moelight.training.optim import build_optimizer
+from moelight.training.router_hooks import after_optimizer_step, begin_router_step, router_scalars
 
 
 class MoELanguageModel(L.LightningModule):
@@ -45,6 +46,7 @@ class MoELanguageModel(L.LightningModule):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        begin_router_step(self.model.moe_layers, self.global_step)
         loss = self._lm_loss(batch)
         aux = self.model.aux_loss().to(loss.device)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the mean over ranks
@@ -52,6 +54,7 @@ class MoELanguageModel(L.LightningModule):
         for layer in self.model.moe_layers:
             for name, value in layer.aux_losses.items():
                 self.log(f"aux/{name}/l{layer.ctx.layer_index}", value.detach())
+        self.log_dict(router_scalars(self.model.moe_layers))
         now = time.perf_counter()
         if self._t_last is not None:
             tokens = batch[0].numel() * self.trainer.world_size
@@ -61,6 +64,10 @@ class MoELanguageModel(L.LightningModule):
             metrics = routing_metrics(self.model.moe_layers) | dispatch_metrics(self.model.moe_layers)
             self.log_dict(metrics)
         return loss + aux
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        after_optimizer_step(self.model.moe_layers)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss = self._lm_loss(batch)

@@ -27,13 +27,19 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 
-from moelight.api import ConfigError, Dispatcher, PluginParams, Routing, dispatchers
-from moelight.kernels import select_impl
-from moelight.kernels.combine import combine_rows
-from moelight.kernels.counting_sort import counting_sort
-from moelight.kernels.permute import gather_rows
-from moelight.kernels.row_plan import row_plan
-from moelight.kernels.token_slots import token_slots
+from moelight.api import (
+    ConfigError,
+    Dispatcher,
+    PluginParams,
+    Routing,
+    combine_rows,
+    counting_sort,
+    dispatchers,
+    gather_rows,
+    row_plan,
+    select_impl,
+    token_slots,
+)
 
 
 def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:

@@ -21,15 +21,21 @@ import torch
 import torch.distributed as dist
 from pydantic import Field, model_validator
 
-from moelight.api import LayerContext, PluginParams, Router, Routing, routers
-from moelight.gate_network import GateNetwork, GateNoise, build_gate
-from moelight.router_losses import (
+from moelight.api import (
+    GateNetwork,
+    GateNoise,
+    LayerContext,
     LoadMembership,
+    Router,
+    Routing,
+    StandardRoutingParams,
+    build_gate,
     cv_balance_loss,
     expert_counts,
+    finish_routing,
     router_scores,
+    routers,
     smooth_load,
-    standard_routing,
     z_loss,
 )
 
@@ -44,7 +50,7 @@ _METHOD_PARAMS = {
 class BalancedRouter(Router):
     """Top-k router with active load balancing (`noisy_cv` or `bias`)."""
 
-    class Params(PluginParams):
+    class Params(StandardRoutingParams):
         method: Literal["noisy_cv", "bias"] = Field("noisy_cv", description="balancing method")
         z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (both methods)")
         gate_network: GateNetwork = Field(
@@ -143,15 +149,7 @@ class BalancedRouter(Router):
         experts = (scores.detach() + self.expert_bias).topk(k, dim=-1).indices
         if self.training and p.bias_update_rate:
             self._update_bias(experts)
-        routing = standard_routing(
-            logits,
-            scores,
-            experts,
-            score=p.score,
-            renormalize=p.renormalize,
-            aux_loss_coef=p.aux_loss_coef,
-            z_loss_coef=p.z_loss_coef,
-        )
+        routing = finish_routing(logits, scores, experts, p)
         routing.weights = routing.weights * p.score_scale
         return routing
 

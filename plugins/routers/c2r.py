@@ -22,16 +22,23 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from moelight.api import ConfigError, LayerContext, PluginParams, Router, Routing, routers
-from moelight.collaboration import is_collaborator_list
-from moelight.gate_network import GateNetwork, GateNoise, build_gate
-from moelight.router_losses import (
+from moelight.api import (
+    ConfigError,
+    GateNetwork,
+    GateNoise,
+    LayerContext,
     LoadMembership,
+    Router,
+    Routing,
+    StandardRoutingParams,
+    build_gate,
     cv_balance_loss,
     expert_counts,
+    finish_routing,
+    is_collaborator_list,
     router_scores,
+    routers,
     smooth_load,
-    standard_routing,
 )
 
 
@@ -39,7 +46,7 @@ from moelight.router_losses import (
 class C2RRouter(Router):
     """Top-1 expert plus the best k-1 of its top_t collaborators."""
 
-    class Params(PluginParams):
+    class Params(StandardRoutingParams):
         top_t: int = Field(
             ..., ge=1, description="candidates per token: the top-1 expert's first top_t collaborators"
         )
@@ -47,12 +54,6 @@ class C2RRouter(Router):
             "profile",
             description="collaborator source: the profile's lists, or the experts on the same device",
         )
-        score: Literal["softmax", "sigmoid"] = Field(
-            "softmax", description="score function over the router logits"
-        )
-        renormalize: bool = Field(False, description="renormalise the k combine weights to sum 1")
-        aux_loss_coef: float = Field(0.01, ge=0, description="Switch/GShard load-balancing loss weight")
-        z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (ST-MoE)")
         # LLaMA-MoE's gate (see the module docstring)
         gate_network: GateNetwork = Field(
             "linear", description="linear gate, or LLaMA-MoE's mlp gate (Linear -> Tanh -> Linear)"
@@ -190,15 +191,7 @@ class C2RRouter(Router):
         # The best k candidates, best first: k-1 are chosen, the k-th is the smooth load's bar.
         ranked_logits, ranked = cand_logits.topk(min(k, cand.shape[1]), dim=-1)
         experts = torch.cat([top1, cand.gather(1, ranked[:, : k - 1])], dim=1)
-        routing = standard_routing(
-            clean,
-            scores,
-            experts,
-            score=p.score,
-            renormalize=p.renormalize,
-            aux_loss_coef=p.aux_loss_coef,
-            z_loss_coef=p.z_loss_coef,
-        )
+        routing = finish_routing(clean, scores, experts, p)
         if p.balance_loss_coef:
             if noisy_training and k < self.ctx.num_experts:
                 chosen = torch.cat([logits.gather(1, top1), ranked_logits], dim=1)  # [T, k or k+1]
