@@ -17,11 +17,11 @@ import math
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import Field, model_validator
 from torch import nn
 
 from moelight.api import LayerContext, PluginParams, Router, Routing, routers
+from moelight.expert_bias import register_expert_bias, update_expert_bias
 from moelight.router_losses import (
     cv_squared,
     expert_counts,
@@ -79,9 +79,7 @@ class BalancedRouter(Router):
             self.noise = nn.Linear(d, e, bias=False)
             nn.init.zeros_(self.noise.weight)
         else:
-            # A buffer, not a parameter: it is learned by the load rule, never by gradients,
-            # and it is saved with checkpoints.
-            self.register_buffer("expert_bias", torch.zeros(e, dtype=torch.float32))
+            register_expert_bias(self, e)
 
     def forward(self, x: torch.Tensor) -> Routing:
         if self.params.method == "noisy_cv":
@@ -146,7 +144,7 @@ class BalancedRouter(Router):
         # The bias steers selection only; the weights come from the unbiased scores.
         experts = (scores.detach() + self.expert_bias).topk(k, dim=-1).indices
         if self.training and p.bias_update_rate:
-            self._update_bias(experts)
+            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
         return standard_routing(
             logits,
             scores,
@@ -156,15 +154,3 @@ class BalancedRouter(Router):
             aux_loss_coef=p.aux_loss_coef,
             z_loss_coef=p.z_loss_coef,
         )
-
-    @torch.no_grad()
-    def _update_bias(self, experts: torch.Tensor) -> None:
-        """Raise the bias of underloaded experts and lower it for overloaded ones.
-
-        With torch.distributed initialised the counts are summed over all ranks first, so every
-        replica of this (data-parallel) router applies the same update.
-        """
-        load = expert_counts(experts, self.ctx.num_experts)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(load)
-        self.expert_bias.add_(self.params.bias_update_rate * torch.sign(load.mean() - load))
