@@ -52,13 +52,13 @@ def test_recipe_trains_a_few_steps(path, tmp_path, run_env):
 
 @pytest.mark.slow
 def test_contributing_example_router_trains(tmp_path, run_env):
-    example = Path(__file__).resolve().parents[1] / "examples" / "device_limited_router.py"
+    example = Path(__file__).resolve().parents[1] / "examples" / "sinkhorn_router.py"
     args = [
         "fit",
         *TINY,
         f"plugins=[{example}]",
-        "router.name=device_limited",
-        "router.max_devices=1",
+        "router.name=sinkhorn",
+        "router.iterations=4",
         "trainer.max_steps=3",
         f"trainer.out_dir={tmp_path / 'run'}",
     ]
