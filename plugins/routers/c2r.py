@@ -4,7 +4,9 @@ Per token: the top-1 expert e by router score, then the k-1 highest-scoring expe
 first `top_t` collaborators. Collaborators come from the collaboration profile (`profile`: the
 layer's collaborator lists) or from the expert placement (`placement`: the other experts on e's
 device, so all k experts of a token live on one device and the token crosses the network once).
-Weights are the router probabilities of the chosen experts.
+Weights are the router probabilities of the chosen experts. Load-aware C2R (`bias_update_rate`):
+the auxiliary-loss-free expert bias (DeepSeek-V3) shifts the top-1 and candidate *selection*,
+never the weights.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from moelight.api import ConfigError, LayerContext, PluginParams, Router, Routing, routers
 from moelight.collaboration import is_collaborator_list
+from moelight.expert_bias import register_expert_bias, update_expert_bias
 from moelight.router_losses import router_scores, standard_routing
 
 
@@ -38,6 +41,9 @@ class C2RRouter(Router):
         renormalize: bool = Field(False, description="renormalise the k combine weights to sum 1")
         aux_loss_coef: float = Field(0.01, ge=0, description="Switch/GShard load-balancing loss weight")
         z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (ST-MoE)")
+        bias_update_rate: float = Field(
+            0.0, ge=0, description="load-aware C2R: step of the selection-only expert bias (0 = off)"
+        )
 
     def __init__(self, params: Params, ctx: LayerContext):
         super().__init__(params, ctx)
@@ -63,6 +69,8 @@ class C2RRouter(Router):
         self._padded = not bool(valid.all())
         self.gate = nn.Linear(ctx.hidden_size, e, bias=False)
         nn.init.normal_(self.gate.weight, std=0.02)
+        if params.bias_update_rate:
+            register_expert_bias(self, e)
 
     @staticmethod
     def _collaborator_lists(params: Params, ctx: LayerContext) -> torch.Tensor | None:
@@ -135,16 +143,19 @@ class C2RRouter(Router):
         p, k = self.params, self.ctx.top_k
         logits = self.gate(x).float()
         scores = router_scores(logits, p.score)
-        top1 = scores.argmax(dim=-1, keepdim=True)  # [T, 1]
+        selection = scores.detach() + self.expert_bias if p.bias_update_rate else scores.detach()
+        top1 = selection.argmax(dim=-1, keepdim=True)  # [T, 1]
         if k > 1:
             cand = self.candidates[top1.squeeze(1)]  # [T, t]
-            cand_scores = scores.detach().gather(1, cand)
+            cand_scores = selection.gather(1, cand)
             if self._padded:
                 cand_scores = cand_scores.masked_fill(~self.candidate_valid[top1.squeeze(1)], float("-inf"))
             picked = cand.gather(1, cand_scores.topk(k - 1, dim=-1).indices)
             experts = torch.cat([top1, picked], dim=1)
         else:
             experts = top1
+        if self.training and p.bias_update_rate:
+            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
         return standard_routing(
             logits,
             scores,
