@@ -169,3 +169,13 @@ def test_every_group_choice_is_reachable():
     r = router(torch.randn(2000, D) * 10)
     pairs = {tuple(sorted({e // 4 for e in row})) for row in r.experts.tolist()}
     assert set(itertools.combinations(range(4), 2)) <= pairs
+
+
+def test_builds_on_the_meta_device_as_fit_does():
+    placement = torch.arange(16) // 8  # contexts are made outside the meta block, as fit does
+    with torch.device("meta"):
+        router = build(16, 2, groups="blocks", num_groups=4)
+        placed = build(16, 2, placement)
+    assert router.gate.weight.is_meta
+    assert router.group_of.tolist() == [i // 4 for i in range(16)]
+    assert placed.group_of.tolist() == [i // 8 for i in range(16)]

@@ -72,7 +72,10 @@ class DeviceLimitedRouter(Router):
     def __init__(self, params: Params, ctx: LayerContext):
         super().__init__(params, ctx)
         e = ctx.num_experts
-        group_of = self._group_of(params, ctx)
+        # The group table is data, built on the CPU even when the model is built on the meta device.
+        with torch.device("cpu"):
+            group_of = self._group_of(params, ctx)
+            order = group_of.argsort(stable=True)
         num_groups = int(group_of.max()) + 1
         size = e // num_groups
         if params.max_groups > num_groups:
@@ -93,7 +96,7 @@ class DeviceLimitedRouter(Router):
         # Derived from the recipe, so not part of the checkpoint. `order` lists the experts group by
         # group, so scores[:, order] reshapes to [T, groups, size].
         self.register_buffer("group_of", group_of, persistent=False)
-        self.register_buffer("order", group_of.argsort(stable=True), persistent=False)
+        self.register_buffer("order", order, persistent=False)
         self.num_groups, self.group_size = num_groups, size
         self.gate = nn.Linear(ctx.hidden_size, e, bias=False)
         nn.init.normal_(self.gate.weight, std=0.02)
