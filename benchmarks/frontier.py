@@ -159,7 +159,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/frontier", help="run directory (checkpoints, profiles, JSON)")
-    ap.add_argument("--base-steps", type=int, default=400, help="top-k steps before profiling")
+    ap.add_argument("--base-steps", type=int, default=600, help="top-k steps before profiling")
     ap.add_argument("--steps", type=int, default=200, help="continued-training steps of every arm")
     ap.add_argument("--seeds", default="2024,2025,2026", help="data-order seeds (comma list)")
     ap.add_argument("--top-t", default="1,2,3", help="C2R (profile) top_t values (comma list)")
@@ -168,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         "--val-tokens", type=int, default=None, help="validation tokens to measure on (default: all)"
     )
     ap.add_argument("--workers", type=int, default=2, help="parallel training processes")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process (1: on shared cores, more threads wait on each other)",
+    )
     ap.add_argument("--only", default="", help="comma list of arm names to run (default: all)")
     ap.add_argument("--docs", default=str(ROOT / "docs"), help="where frontier.md and the plots go")
     ap.add_argument("--reuse", action="store_true", help="skip stages whose outputs exist")
@@ -176,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out, docs = Path(args.out).resolve(), Path(args.docs).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     quiet = ["trainer.progress_bar=false", "trainer.logger=csv", "trainer.limit_val_batches=1"]
     t_start = time.perf_counter()
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                         "base_profile": str(base_profile),
                         "reuse": args.reuse,
                         "val_tokens": args.val_tokens,
-                        "threads": max(1, 2 // args.workers),
+                        "threads": args.threads,
                     },
                 )
             )
