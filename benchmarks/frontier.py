@@ -160,12 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/frontier", help="run directory (checkpoints, profiles, JSON)")
     ap.add_argument("--base-steps", type=int, default=600, help="top-k steps before profiling")
-    ap.add_argument("--steps", type=int, default=200, help="continued-training steps of every arm")
+    ap.add_argument("--steps", type=int, default=150, help="continued-training steps of every arm")
     ap.add_argument("--seeds", default="2024,2025,2026", help="data-order seeds (comma list)")
     ap.add_argument("--top-t", default="1,2,3", help="C2R (profile) top_t values (comma list)")
     ap.add_argument("--lr", type=float, default=1e-3, help="continued-training peak learning rate")
     ap.add_argument(
-        "--val-tokens", type=int, default=None, help="validation tokens to measure on (default: all)"
+        "--val-tokens",
+        type=int,
+        default=196_608,
+        help="validation tokens each continued model is measured on (0: the whole split)",
     )
     ap.add_argument("--workers", type=int, default=2, help="parallel training processes")
     ap.add_argument(
@@ -198,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     base_ckpt, base_s = _fit([*steps, *quiet], out / "base", args.reuse)
     print("== (b) profile the base model")
     base_profile = out / "base" / "profile"
-    base_meta = _profile(base_ckpt, base_profile, args.reuse, args.val_tokens)
+    # The base's collaborator lists and placements come from the whole validation split; its row in
+    # the table is measured on the same tokens as every arm.
+    base_meta = _profile(base_ckpt, base_profile, args.reuse, None)
+    base_eval = _profile(base_ckpt, out / "base" / "profile-eval", args.reuse, args.val_tokens)
     layers, e = base_meta["num_layers"], base_meta["num_experts"]
     placement_lists = _write_placement_lists(base_profile, layers, e)
 
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                         "run_dir": str(run_dir),
                         "base_profile": str(base_profile),
                         "reuse": args.reuse,
-                        "val_tokens": args.val_tokens,
+                        "val_tokens": args.val_tokens or None,
                         "threads": args.threads,
                     },
                 )
@@ -258,14 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "lr": args.lr,
         "seeds": seeds,
-        "validation_tokens": base_meta["tokens"],
+        "validation_split_tokens": base_meta["tokens"],
+        "validation_tokens": base_eval["tokens"],
         "base": {
-            "val_loss": base_meta["loss"],
-            "load_cv": base_meta["summary"]["load_cv"],
+            "val_loss": base_eval["loss"],
+            "load_cv": base_eval["summary"]["load_cv"],
             "seconds": base_s,
-            **{f"dev_p{p}_own": base_meta["placements"][str(p)]["devices_per_token"] for p in (2, 4)},
+            **{f"dev_p{p}_own": base_eval["placements"][str(p)]["devices_per_token"] for p in (2, 4)},
             **{
-                f"dev_p{p}_contiguous": base_meta["placements"][str(p)]["contiguous_devices_per_token"]
+                f"dev_p{p}_contiguous": base_eval["placements"][str(p)]["contiguous_devices_per_token"]
                 for p in (2, 4)
             },
         },
