@@ -230,7 +230,16 @@ Reproduce (writes this page, `docs/frontier-p2.png`, `docs/frontier-p4.png`; run
 {table(record)}
 
 Top-k's own seed spread (max − min of its {len(record["seeds"])} seeds): **{top_spread:.4f} nats**; the median
-|mean Δ| of the other arms is {median_delta:.4f} nats.
+|mean Δ| of the other arms is {median_delta:.4f} nats ({median_delta / top_spread:.1f}× the spread).
+
+**How this recipe was chosen.** The C2R report's quickstart model has 8 experts (2 per device on 4
+devices, too few for device limits or placement candidates to differ) and its top-k seed spread
+(0.0075 nats, 2 seeds, 150 steps) was as large as the C2R effects it measured. Here: 16 experts, so
+4 devices hold 4 each and P = 2 and P = 4 constrain differently; top-2 as in the C2R paper and that
+report; a base trained {record["base_steps"]} steps so its routing and collaborator lists have settled; a
+continuation that decays to 10% of its peak learning rate, so the last batches (the part that
+differs between seeds) move the model little; 3 seeds instead of 2; and a model (2 layers,
+hidden 64) small enough that the 33 continued runs fit the time budget on 2 shared CPU cores.
 
 ![frontier on 4 devices](frontier-p4.png)
 
