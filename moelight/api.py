@@ -1,13 +1,15 @@
 """The public plugin API: everything a router or dispatcher plugin needs, and all it should import.
 
 Contracts (`Router`, `Routing`, `Dispatcher`, `LayerContext`, `ExpertWeights`), the registries,
-the standard routing math and parameters, gate networks, collaboration lists, and the kernels a dispatcher may
-reuse. The checks a plugin's tests run are in `moelight.testing`.
+the standard routing math and parameters, gate networks, the selection-only expert bias,
+collaboration lists, and the kernels a dispatcher may reuse. The checks a plugin's tests run are
+in `moelight.testing`.
 """
 
 from moelight.collaboration import coactivation_counts, collaborators_from_counts, is_collaborator_list
 from moelight.dispatch import Dispatcher, DispatchStats, ExpertParallelContext
 from moelight.errors import ConfigError, MoelightError
+from moelight.expert_bias import register_expert_bias, update_expert_bias
 from moelight.experts import ExpertWeights
 from moelight.gate_network import GateNetwork, GateNoise, build_gate
 from moelight.kernels import KernelMode, select_impl
@@ -68,6 +70,7 @@ __all__ = [
     "gather_rows",
     "is_collaborator_list",
     "load_balancing_loss",
+    "register_expert_bias",
     "router_scores",
     "routers",
     "row_plan",
@@ -76,5 +79,6 @@ __all__ = [
     "standard_aux_losses",
     "standard_routing",
     "token_slots",
+    "update_expert_bias",
     "z_loss",
 ]

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from moelight.api import (
@@ -33,9 +32,11 @@ from moelight.api import (
     cv_balance_loss,
     expert_counts,
     finish_routing,
+    register_expert_bias,
     router_scores,
     routers,
     smooth_load,
+    update_expert_bias,
     z_loss,
 )
 
@@ -99,9 +100,7 @@ class BalancedRouter(Router):
             if params.noise:
                 self.noise = GateNoise(d, e, params.noise_epsilon)
         else:
-            # A buffer, not a parameter: it is learned by the load rule, never by gradients,
-            # and it is saved with checkpoints.
-            self.register_buffer("expert_bias", torch.zeros(e, dtype=torch.float32))
+            register_expert_bias(self, e)
 
     def forward(self, x: torch.Tensor) -> Routing:
         if self.params.method == "noisy_cv":
@@ -148,19 +147,7 @@ class BalancedRouter(Router):
         # The bias steers selection only; the weights come from the unbiased scores.
         experts = (scores.detach() + self.expert_bias).topk(k, dim=-1).indices
         if self.training and p.bias_update_rate:
-            self._update_bias(experts)
+            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
         routing = finish_routing(logits, scores, experts, p)
         routing.weights = routing.weights * p.score_scale
         return routing
-
-    @torch.no_grad()
-    def _update_bias(self, experts: torch.Tensor) -> None:
-        """Raise the bias of underloaded experts and lower it for overloaded ones.
-
-        With torch.distributed initialised the counts are summed over all ranks first, so every
-        replica of this (data-parallel) router applies the same update.
-        """
-        load = expert_counts(experts, self.ctx.num_experts)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(load)
-        self.expert_bias.add_(self.params.bias_update_rate * torch.sign(load.mean() - load))

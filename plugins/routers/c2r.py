@@ -4,7 +4,9 @@ Per token: the top-1 expert e by router score, then the k-1 highest-scoring expe
 first `top_t` collaborators. Collaborators come from the collaboration profile (`profile`: the
 layer's collaborator lists) or from the expert placement (`placement`: the other experts on e's
 device, so all k experts of a token live on one device and the token crosses the network once).
-Weights are the router probabilities of the chosen experts.
+Weights are the router probabilities of the chosen experts. Load-aware C2R (`bias_update_rate`):
+the auxiliary-loss-free expert bias (DeepSeek-V3) shifts the top-1 and candidate *selection*,
+never the weights.
 
 LLaMA-MoE's C2R (the official patch of its TopKBalancedNoisyGate) is this rule with
 `gate_network: mlp`, `noise: true` (selection on the noisy logits in training),
@@ -20,7 +22,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from moelight.api import (
     ConfigError,
@@ -36,9 +38,11 @@ from moelight.api import (
     expert_counts,
     finish_routing,
     is_collaborator_list,
+    register_expert_bias,
     router_scores,
     routers,
     smooth_load,
+    update_expert_bias,
 )
 
 
@@ -73,6 +77,18 @@ class C2RRouter(Router):
             description="smooth load decides membership on the noisy logit (paper) or the noise alone "
             "(noise: LLaMA-MoE's code)",
         )
+        bias_update_rate: float = Field(
+            0.0, ge=0, description="load-aware C2R: step of the selection-only expert bias (0 = off)"
+        )
+
+        @model_validator(mode="after")
+        def _one_balancing_method(self):
+            if self.bias_update_rate and self.balance_loss_coef:
+                raise ValueError(
+                    "bias_update_rate (load-aware C2R) and balance_loss_coef (LLaMA-MoE's CV^2 loss) "
+                    "are two balancing methods; set only one"
+                )
+            return self
 
     def __init__(self, params: Params, ctx: LayerContext):
         super().__init__(params, ctx)
@@ -102,6 +118,8 @@ class C2RRouter(Router):
         self._padded = not bool(valid.all())
         self.gate = build_gate(ctx.hidden_size, e, params.gate_network)
         self.noise = GateNoise(ctx.hidden_size, e, params.noise_epsilon) if params.noise else None
+        if params.bias_update_rate:
+            register_expert_bias(self, e)
 
     @staticmethod
     def _collaborator_lists(params: Params, ctx: LayerContext) -> torch.Tensor | None:
@@ -183,14 +201,19 @@ class C2RRouter(Router):
         noisy_training = self.training and self.noise is not None
         logits, noise, noise_std = self.noise(x, clean) if noisy_training else (clean, None, None)
         scores = router_scores(logits, p.score)
-        top1 = logits.argmax(dim=-1, keepdim=True)  # [T, 1]; the score functions are monotonic
+        # Selection values: the logits (the score functions are monotonic), or, for load-aware
+        # C2R, the scores plus the expert bias (then there is no smooth load, see the validator).
+        selection = scores.detach() + self.expert_bias if p.bias_update_rate else logits
+        top1 = selection.argmax(dim=-1, keepdim=True)  # [T, 1]
         cand = self.candidates[top1.squeeze(1)]  # [T, t]
-        cand_logits = logits.gather(1, cand)
+        cand_values = selection.gather(1, cand)
         if self._padded:
-            cand_logits = cand_logits.masked_fill(~self.candidate_valid[top1.squeeze(1)], float("-inf"))
+            cand_values = cand_values.masked_fill(~self.candidate_valid[top1.squeeze(1)], float("-inf"))
         # The best k candidates, best first: k-1 are chosen, the k-th is the smooth load's bar.
-        ranked_logits, ranked = cand_logits.topk(min(k, cand.shape[1]), dim=-1)
+        ranked_logits, ranked = cand_values.topk(min(k, cand.shape[1]), dim=-1)
         experts = torch.cat([top1, cand.gather(1, ranked[:, : k - 1])], dim=1)
+        if self.training and p.bias_update_rate:
+            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
         routing = finish_routing(clean, scores, experts, p)
         if p.balance_loss_coef:
             if noisy_training and k < self.ctx.num_experts:
