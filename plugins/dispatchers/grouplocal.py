@@ -12,11 +12,14 @@ communication and this is a local grouped dispatch (equal to `sorted`).
 
 Steps (kernels in moelight/kernels, Triton on CUDA, torch references elsewhere):
   send plan   token_slots -> counting_sort by device -> row_plan
-  permute     gather_rows(x) -> all_to_all (counts first) -> counting_sort by local expert -> gather_rows
+  permute     gather_rows(x) -> all_to_all (counts first; then the rows with their weights and
+              local ids packed into the same buffer) -> counting_sort by local expert -> gather_rows
   experts     ExpertWeights.grouped
   combine     combine_rows (weighted, per received row) -> all_to_all back -> combine_rows (sum per token)
-Autograd runs through both all_to_alls (and the one carrying the weights), so the backward is
-the same exchange in reverse.
+Collectives per layer: 3 forward (counts, rows out, rows back), 2 backward (the two row
+exchanges reversed, the weights' gradient packed with the rows'); MegaBlocks makes the same 5.
+Rows for this device never enter the all2all; with `overlap` (default) they run while the remote
+rows are in flight (moelight/parallel/all_to_all.py: `launch`/`wait`, forward and backward).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import Field
 
 from moelight.api import ConfigError, Dispatcher, PluginParams, Routing, dispatchers
@@ -34,13 +36,7 @@ from moelight.kernels.counting_sort import counting_sort
 from moelight.kernels.permute import gather_rows
 from moelight.kernels.row_plan import row_plan
 from moelight.kernels.token_slots import token_slots
-
-
-def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
-    """Variable-size all_to_all with autograd (functional collectives work on gloo and NCCL)."""
-    import torch.distributed._functional_collectives as fc
-
-    return fc.wait_tensor(fc.all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group))
+from moelight.parallel.all_to_all import all_to_all_counts, exchange, launch, wait
 
 
 @dispatchers.register("grouplocal")
@@ -52,6 +48,11 @@ class GroupLocalDispatcher(Dispatcher):
             "per_device",
             description="per_device: one row per (token, device) (group-local); "
             "per_expert: one row per (token, expert), the usual EP baseline",
+        )
+        overlap: bool = Field(
+            True,
+            description="run the rows that stay on this device while the remote rows are in flight "
+            "(asynchronous all2all, forward and backward)",
         )
         kernels: Literal["auto", "triton", "torch"] = Field(
             "auto", description="auto: Triton on CUDA, torch references elsewhere"
@@ -110,37 +111,66 @@ class GroupLocalDispatcher(Dispatcher):
         width = row_experts.shape[1]
         row_weights = torch.zeros(num_rows * width, dtype=torch.float32, device=x.device)
         row_weights = row_weights.index_put((dest.reshape(-1),), routing.weights.float().reshape(-1))
+        row_weights = row_weights.view(num_rows, width)
         send_x = gather_rows(x, row_token, token_rows, impl)
-        # Weights and local ids travel together; ids are exact in float32 (< 2**24).
-        send_meta = torch.cat([row_weights.view(num_rows, width), row_experts.float()], dim=1)
 
-        # --- exchange: counts first, then rows and metadata.
-        if p > 1:
-            recv_counts = torch.empty_like(send_counts)
-            dist.all_to_all_single(recv_counts, send_counts, group=self.ep.group)
-            out_splits, in_splits = recv_counts.tolist(), send_splits
-            recv_x = _all_to_all(send_x, out_splits, in_splits, self.ep.group)
-            recv_meta = _all_to_all(send_meta, out_splits, in_splits, self.ep.group)
+        if p == 1:
+            back = self._experts(send_x, row_experts, row_weights, impl)
         else:
-            recv_x, recv_meta = send_x, send_meta
-        recv_weights = recv_meta[:, :width]
-        recv_experts = recv_meta[:, width:].detach().round().long()
-
-        # --- experts: (row, slot) pairs sorted by local expert, run grouped, folded back per row.
-        pos, order, expert_counts = counting_sort(recv_experts, self.experts.num_local, impl)
-        pair_index = pos.view(-1, width)
-        xs = gather_rows(recv_x, order // width, pair_index, impl)
-        ys = self.experts.grouped(xs, expert_counts)
-        if xs.requires_grad and not ys.requires_grad:
-            ys = ys + xs.sum() * 0  # no rows here: keep the graph so every rank's backward exchange runs
-        out_rows = combine_rows(ys, pair_index, recv_weights, impl).to(x.dtype)
-
-        # --- back: one row per received row; the source sums the rows of each token.
-        back = _all_to_all(out_rows, in_splits, out_splits, self.ep.group) if p > 1 else out_rows
-        y = combine_rows(back, token_rows, None, impl)
+            back = self._exchange(send_x, row_experts, row_weights, send_counts, send_splits, impl)
+        y = combine_rows(back, token_rows, None, impl)  # the source sums the rows of each token
 
         self._count(t, opens, send_splits, x)
         return y.to(x.dtype)
+
+    def _experts(
+        self, rows: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, impl
+    ) -> torch.Tensor:
+        """Rows asking for local experts (ids [R, W], -1 unused) -> one weighted output row each."""
+        width = experts.shape[1]
+        pos, order, expert_counts = counting_sort(experts, self.experts.num_local, impl)
+        pair_index = pos.view(-1, width)
+        xs = gather_rows(rows, order // width, pair_index, impl)
+        ys = self.experts.grouped(xs, expert_counts)
+        if xs.requires_grad and not ys.requires_grad:
+            ys = ys + xs.sum() * 0  # no rows here: keep the graph so every rank's backward exchange runs
+        return combine_rows(ys, pair_index, weights, impl).to(rows.dtype)
+
+    def _exchange(self, send_x, row_experts, row_weights, send_counts, send_splits, impl) -> torch.Tensor:
+        """Remote rows out and back (counts, rows + packed metadata, rows back: 3 collectives; the
+        backward 2); rows for this device never leave it and, with `overlap`, run while the
+        remote rows are in flight (half during the dispatch, half during the combine)."""
+        r, group, width = self.ep.rank, self.ep.group, row_experts.shape[1]
+        lo = sum(send_splits[:r])
+        hi = lo + send_splits[r]
+        mid = (lo + hi) // 2
+        in_splits = list(send_splits)
+        in_splits[r] = 0
+        out_splits = all_to_all_counts(send_counts, group).tolist()
+        out_splits[r] = 0
+
+        def remote(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[:lo], t[hi:]])
+
+        # Weights and local ids travel in the row buffer; ids are exact in float32 (< 2**24).
+        meta = remote(torch.cat([row_weights, row_experts.float()], dim=1))
+        if self.params.overlap:
+            buf, tr = launch(remote(send_x), meta, out_splits, in_splits, group, grad_width=width)
+            local_a = self._experts(send_x[lo:mid], row_experts[lo:mid], row_weights[lo:mid], impl)
+            recv_x, recv_meta = wait(buf, tr)
+        else:
+            recv_x, recv_meta = exchange(remote(send_x), meta, out_splits, in_splits, group, grad_width=width)
+        recv_experts = recv_meta[:, width:].detach().round().long()
+        out_rows = self._experts(recv_x, recv_experts, recv_meta[:, :width], impl)
+        if self.params.overlap:
+            buf, tr = launch(out_rows, None, in_splits, out_splits, group)
+            local_b = self._experts(send_x[mid:hi], row_experts[mid:hi], row_weights[mid:hi], impl)
+            back, _ = wait(buf, tr)
+            mine = torch.cat([local_a, local_b])
+        else:
+            back, _ = exchange(out_rows, None, in_splits, out_splits, group)
+            mine = self._experts(send_x[lo:hi], row_experts[lo:hi], row_weights[lo:hi], impl)
+        return torch.cat([back[:lo], mine, back[lo:]])
 
     def _count(self, tokens: int, opens: torch.Tensor, send_splits: list[int], x: torch.Tensor) -> None:
         rows = sum(send_splits)
