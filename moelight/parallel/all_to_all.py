@@ -18,7 +18,7 @@ in the collectives (exposed communication). `COMM.latency_s` adds an emulated pe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -26,22 +26,37 @@ import torch.distributed as dist
 
 @dataclass
 class CommLog:
-    """Per-process totals since the last `reset()`; `latency_s` is slept once per call issued."""
+    """Per-process totals since the last `reset()`; `latency_s` is slept once per call issued.
+
+    `per_call` holds each call's blocked seconds (issue + wait), in call order: the same calls
+    in the same order on every rank, so benchmarks can line them up across ranks.
+    """
 
     calls: int = 0
     bytes: int = 0
     seconds: float = 0.0
     latency_s: float = 0.0
+    per_call: list[float] = field(default_factory=list)
+    # Benchmarks only: a process group to barrier on before each call, so that every rank starts
+    # the call together and the time inside it is the exchange's own, not waiting for a slower
+    # rank (that wait is accumulated in `skew_seconds` instead).
+    sync_group: object | None = None
+    skew_seconds: float = 0.0
 
     def reset(self) -> None:
-        self.calls, self.bytes, self.seconds = 0, 0, 0.0
+        self.calls, self.bytes, self.seconds, self.skew_seconds = 0, 0, 0.0, 0.0
+        self.per_call = []
 
 
 COMM = CommLog()
 
 
 def _start(out: torch.Tensor, inp: torch.Tensor, out_splits: list[int], in_splits: list[int], group):
-    """Issue one all_to_all; returns its work handle. Counts the bytes that leave this rank."""
+    """Issue one all_to_all; returns (work, call index). Counts the bytes that leave this rank."""
+    if COMM.sync_group is not None:
+        t_sync = time.perf_counter()
+        dist.barrier(group=COMM.sync_group)
+        COMM.skew_seconds += time.perf_counter() - t_sync
     t0 = time.perf_counter()
     if COMM.latency_s:
         time.sleep(COMM.latency_s)  # emulated per-call latency: never hidden by overlap
@@ -50,14 +65,20 @@ def _start(out: torch.Tensor, inp: torch.Tensor, out_splits: list[int], in_split
     COMM.calls += 1
     COMM.bytes += (sum(in_splits) - in_splits[rank]) * row_bytes
     work = group.alltoall_base(out, inp, out_splits, in_splits, dist.AllToAllOptions())
-    COMM.seconds += time.perf_counter() - t0
-    return work
+    spent = time.perf_counter() - t0
+    COMM.seconds += spent
+    COMM.per_call.append(spent)
+    return work, len(COMM.per_call) - 1
 
 
-def _finish(work) -> None:
+def _finish(handle) -> None:
+    work, index = handle
     t0 = time.perf_counter()
     work.wait()
-    COMM.seconds += time.perf_counter() - t0
+    spent = time.perf_counter() - t0
+    COMM.seconds += spent
+    if index < len(COMM.per_call):  # a reset between issue and wait drops the call
+        COMM.per_call[index] += spent
 
 
 def all_to_all_counts(send_counts: torch.Tensor, group) -> torch.Tensor:
