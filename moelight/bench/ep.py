@@ -154,7 +154,7 @@ class Args:
     reference: str = "llama-moe"
     top_t: int = 1
     overlap: bool = True
-    burst: int = 16384
+    burst: int = 2000
     json_path: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -399,7 +399,7 @@ def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str,
                     "compute_ms": step["median_ms"] - blocked,
                     "predicted_ms": pred,
                     "predicted_over_measured": None if pred is None else pred / blocked,
-                    "measured_bytes_per_rank_step": _median(r["bytes_per_rank_step"]),
+                    "measured_bytes_per_rank_step": statistics.fmean(r["bytes_per_rank_step"]),
                     "counted_bytes_per_rank_step": counted_bytes,
                     "calls_per_step": r["calls_per_step"],
                     "speedup": statistics.median(ratios),

@@ -60,7 +60,7 @@ moelight bench ep [RECIPE.yaml] [key.path=value ...] --link LIST [options]
                        CPU's measured expert-GEMM FLOP/s. Shaping needs root, unshare and tc: the
                        run re-executes itself in a private network namespace (loopback only).
   --procs 2|4 (2)  --steps N (8)  --warmup N (2)  --threads N (1 per rank)  --top-t T (1)
-  --reference llama-moe|qwen1.5-moe (llama-moe)  --no-overlap  --burst BYTES (16384)  --json PATH
+  --reference llama-moe|qwen1.5-moe (llama-moe)  --no-overlap  --burst BYTES (2000)  --json PATH
 """
 
 LAYER_FLAGS = (
@@ -361,7 +361,7 @@ def run_ep(argv: list[str]) -> int:
         reference=reference,
         top_t=_int(f, "--top-t", 1, minimum=1),
         overlap=not f.get("--no-overlap"),
-        burst=_int(f, "--burst", 16384, minimum=1),
+        burst=_int(f, "--burst", 2000, minimum=1),
         json_path=f.get("--json"),
     )
     result = ep.run(a)
