@@ -118,8 +118,13 @@ def batches_for_rank(recipe: Recipe, world: int, rank: int, count: int) -> list:
     return out
 
 
-def configurations(procs: int, num_experts: int, top_t: int, overlap: bool) -> dict[str, list[str]]:
-    """Recipe overrides per configuration (on top of the recipe and `dispatcher.name=grouplocal`)."""
+CONFIG_KEYS = ("per-expert", "grouplocal", "c2r-profile", "c2r-placement", "overlap")
+
+
+def configurations(
+    procs: int, num_experts: int, top_t: int, keys: tuple[str, ...] = CONFIG_KEYS
+) -> dict[str, list[str]]:
+    """Label -> recipe overrides (on top of the recipe and `dispatcher.name=grouplocal`)."""
     per_device = num_experts // procs
     placement = ["router.name=c2r", "router.collaborators=placement", f"router.top_t={per_device - 1}"]
     profile = [
@@ -130,15 +135,20 @@ def configurations(procs: int, num_experts: int, top_t: int, overlap: bool) -> d
         f"parallel.placement={PROFILE / f'placement-{procs}.json'}",
     ]
     blocking = ["dispatcher.overlap=false"]
-    out = {
-        BASELINE: ["dispatcher.rows=per_expert", *blocking],
-        "topk / grouplocal": ["dispatcher.rows=per_device", *blocking],
-        "c2r profile+placement / grouplocal": [*profile, "dispatcher.rows=per_device", *blocking],
-        "c2r placement / grouplocal": [*placement, "dispatcher.rows=per_device", *blocking],
+    table = {
+        "per-expert": (BASELINE, ["dispatcher.rows=per_expert", *blocking]),
+        "grouplocal": ("topk / grouplocal", ["dispatcher.rows=per_device", *blocking]),
+        "c2r-profile": (
+            "c2r profile+placement / grouplocal",
+            [*profile, "dispatcher.rows=per_device", *blocking],
+        ),
+        "c2r-placement": (
+            "c2r placement / grouplocal",
+            [*placement, "dispatcher.rows=per_device", *blocking],
+        ),
+        "overlap": ("c2r placement / grouplocal+overlap", [*placement, "dispatcher.rows=per_device"]),
     }
-    if overlap:
-        out["c2r placement / grouplocal+overlap"] = [*placement, "dispatcher.rows=per_device"]
-    return out
+    return dict(table[k] for k in CONFIG_KEYS if k in keys or k == "per-expert")
 
 
 @dataclass
@@ -153,7 +163,7 @@ class Args:
     custom: tuple[float, float] | None  # (bytes/s per rank, latency s)
     reference: str = "llama-moe"
     top_t: int = 1
-    overlap: bool = True
+    configs: tuple[str, ...] = CONFIG_KEYS
     burst: int = 2000
     json_path: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
@@ -227,16 +237,18 @@ def worker(rank: int, port: int, args: Args, out_file: str) -> None:
 
     # Calibration: every rank at once (they share the cores, as in the run), the run's threads.
     dist.barrier()
-    flops = expert_gemm_flops(
-        m.hidden_size, m.expert_ffn_hidden_size, tokens * m.top_k, m.num_experts // world
-    )
+    flops = float("nan")  # only presets are calibrated
+    if any(name in PRESETS for name in args.links):
+        flops = expert_gemm_flops(
+            m.hidden_size, m.expert_ffn_hidden_size, tokens * m.top_k, m.num_experts // world
+        )
     all_flops = _gather([flops])[:, 0].tolist()
     cpu_flops = statistics.median(all_flops)
     run_layer_flops = tokens * m.top_k * 6.0 * m.hidden_size * m.expert_ffn_hidden_size
     links = _links(args, cpu_flops, run_layer_flops)
 
     batches = batches_for_rank(base, world, rank, args.warmup + args.steps)
-    configs = configurations(world, m.num_experts, args.top_t, args.overlap)
+    configs = configurations(world, m.num_experts, args.top_t, args.configs)
     candidates = {
         name: Candidate(load_recipe(args.recipe, args.overrides + extra), groups, ep, batches)
         for name, extra in configs.items()

@@ -60,7 +60,8 @@ moelight bench ep [RECIPE.yaml] [key.path=value ...] --link LIST [options]
                        CPU's measured expert-GEMM FLOP/s. Shaping needs root, unshare and tc: the
                        run re-executes itself in a private network namespace (loopback only).
   --procs 2|4 (2)  --steps N (8)  --warmup N (2)  --threads N (1 per rank)  --top-t T (1)
-  --reference llama-moe|qwen1.5-moe (llama-moe)  --no-overlap  --burst BYTES (2000)  --json PATH
+  --reference llama-moe|qwen1.5-moe (llama-moe)  --burst BYTES (2000)  --json PATH
+  --configs LIST       a subset of {configs} (the per-expert baseline always runs)
 """
 
 LAYER_FLAGS = (
@@ -314,6 +315,7 @@ EP_FLAGS = (
     "--top-t",
     "--reference",
     "--burst",
+    "--configs",
     "--json",
 )
 
@@ -324,7 +326,7 @@ def run_ep(argv: list[str]) -> int:
     from moelight.bench import ep, link, netns
     from moelight.bench.candidates import split_list
 
-    args = split_args(argv[1:], value_flags=EP_FLAGS, bool_flags=("--no-overlap",))
+    args = split_args(argv[1:], value_flags=EP_FLAGS)
     f = args.flags
     recipe = args.recipe or str(Path(ep.ROOT) / "recipes" / "ep-bench.yaml")
     procs = _int(f, "--procs", 2, minimum=2)
@@ -344,6 +346,12 @@ def run_ep(argv: list[str]) -> int:
     reference = f.get("--reference", "llama-moe")
     if reference not in link.REFERENCES:
         raise MoelightError(f"--reference {reference!r}; allowed: {', '.join(link.REFERENCES)}")
+    configs = tuple(split_list(f.get("--configs", ",".join(ep.CONFIG_KEYS))))
+    unknown = [c for c in configs if c not in ep.CONFIG_KEYS]
+    if unknown or not configs:
+        raise MoelightError(
+            f"--configs: unknown {', '.join(unknown) or '(none)'}; allowed: {', '.join(ep.CONFIG_KEYS)}"
+        )
     shaped = any(n != "none" for n in links)
     if shaped and not netns.in_namespace():
         netns.require()
@@ -360,7 +368,7 @@ def run_ep(argv: list[str]) -> int:
         custom=custom,
         reference=reference,
         top_t=_int(f, "--top-t", 1, minimum=1),
-        overlap=not f.get("--no-overlap"),
+        configs=configs,
         burst=_int(f, "--burst", 2000, minimum=1),
         json_path=f.get("--json"),
     )
@@ -380,13 +388,17 @@ SUBCOMMANDS = {"layer": run_layer, "step": run_step, "comm": run_comm, "ep": run
 
 def run(argv: list[str]) -> int:
     from moelight.bench.comm import INTERCONNECTS
+    from moelight.bench.ep import CONFIG_KEYS
     from moelight.bench.link import PRESETS as LINKS
     from moelight.bench.presets import PRESETS
 
     if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv):
         print(
             HELP.format(
-                presets=", ".join(PRESETS), interconnects=", ".join(INTERCONNECTS), links=", ".join(LINKS)
+                presets=", ".join(PRESETS),
+                interconnects=", ".join(INTERCONNECTS),
+                links=", ".join(LINKS),
+                configs=", ".join(CONFIG_KEYS),
             )
         )
         return 0
