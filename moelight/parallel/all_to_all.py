@@ -1,11 +1,10 @@
 """Variable-split all_to_all of rows, blocking or overlapped, with autograd and a wall-clock log.
 
-- `exchange(x, meta, ...)`: one all_to_all carrying rows `x: [R, d]` and, packed bit-exactly into
-  the same buffer, float32 per-row metadata `meta: [R, m]` (router weights, local expert ids):
-  one collective instead of two. Its backward is one all_to_all of the packed gradients.
-- `launch(...)` / `wait(...)`: the same exchange split in two autograd nodes, so that work
-  created between them (the rows that stay on this device) runs while the rows are in flight,
-  in the forward AND in the backward (the autograd engine runs ready nodes in reverse creation
+- `launch(x, meta, ...)` / `wait(...)`: one all_to_all carrying rows `x: [R, d]` and, packed
+  bit-exactly into the same buffer, float32 per-row metadata `meta: [R, m]` (router weights,
+  local expert ids): one collective instead of two; its backward is one all_to_all of the packed
+  gradients. Split in two autograd nodes, so that work created between them (other rows' expert
+  compute) runs while the rows are in flight, in the forward AND in the backward (the autograd engine runs ready nodes in reverse creation
   order: `wait`'s backward launches the reverse exchange before the local work's backward, and
   `launch`'s backward waits for it).
 
@@ -110,12 +109,6 @@ def unpack(buf: torch.Tensor, d: int, meta_width: int) -> tuple[torch.Tensor, to
     return buf[:, :d], bits.reshape(buf.shape[0], meta_width)
 
 
-def _blocking(buf: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
-    out = buf.new_empty((sum(out_splits), *buf.shape[1:]))
-    _finish(_start(out, buf.contiguous(), out_splits, in_splits, group))
-    return out
-
-
 def _weight_grads(grad_meta: torch.Tensor | None, rows: int, width: int) -> torch.Tensor | None:
     """The metadata columns that carry a gradient back (zeros when autograd gave none)."""
     if not width:
@@ -123,48 +116,6 @@ def _weight_grads(grad_meta: torch.Tensor | None, rows: int, width: int) -> torc
     if grad_meta is None:
         return torch.zeros(rows, width, dtype=torch.float32)
     return grad_meta[:, :width]
-
-
-class _Exchange(torch.autograd.Function):
-    """Rows + float32 metadata out in one all_to_all; the backward sends both gradients back in one.
-
-    Metadata gradients: only its first `grad_width` columns (the router weights) have one.
-    """
-
-    @staticmethod
-    def forward(ctx, x, meta, out_splits, in_splits, group, grad_width):
-        ctx.shape = (x.shape[1], 0 if meta is None else meta.shape[1], grad_width)
-        ctx.splits, ctx.group = (out_splits, in_splits), group
-        buf = _blocking(pack(x, meta), out_splits, in_splits, group)
-        rx, rmeta = unpack(buf, x.shape[1], ctx.shape[1])
-        return (rx, rmeta) if rmeta is not None else (rx, rx.new_empty(rx.shape[0], 0, dtype=torch.float32))
-
-    @staticmethod
-    def backward(ctx, grad_x, grad_meta):
-        d, m, gw = ctx.shape
-        out_splits, in_splits = ctx.splits
-        buf = _blocking(
-            pack(grad_x, _weight_grads(grad_meta, grad_x.shape[0], gw)), in_splits, out_splits, ctx.group
-        )
-        gx, gm = unpack(buf, d, gw)
-        if m:
-            full = torch.zeros(gx.shape[0], m, dtype=torch.float32, device=gx.device)
-            if gm is not None:
-                full[:, :gw] = gm
-            return gx, full, None, None, None, None
-        return gx, None, None, None, None, None
-
-
-def exchange(
-    x: torch.Tensor,
-    meta: torch.Tensor | None,
-    out_splits: list[int],
-    in_splits: list[int],
-    group,
-    grad_width: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blocking exchange: `(received rows, received float32 metadata [R', m])`."""
-    return _Exchange.apply(x, meta, out_splits, in_splits, group, grad_width)
 
 
 class Transfer:

@@ -19,7 +19,9 @@ Steps (kernels in moelight/kernels, Triton on CUDA, torch references elsewhere):
 Collectives per layer: 3 forward (counts, rows out, rows back), 2 backward (the two row
 exchanges reversed, the weights' gradient packed with the rows'); MegaBlocks makes the same 5.
 Rows for this device never enter the all2all; with `overlap` (default) they run while the remote
-rows are in flight (moelight/parallel/all_to_all.py: `launch`/`wait`, forward and backward).
+rows are in flight, and the remote rows travel in `chunks` pipelined exchanges so that the
+experts run on one chunk while the next is in flight (moelight/parallel/all_to_all.py:
+`launch`/`wait`, forward and backward; each chunk adds its calls' latency).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from moelight.kernels.counting_sort import counting_sort
 from moelight.kernels.permute import gather_rows
 from moelight.kernels.row_plan import row_plan
 from moelight.kernels.token_slots import token_slots
-from moelight.parallel.all_to_all import all_to_all_counts, exchange, launch, wait
+from moelight.parallel.all_to_all import all_to_all_counts, launch, wait
 
 
 @dispatchers.register("grouplocal")
@@ -53,6 +55,12 @@ class GroupLocalDispatcher(Dispatcher):
             True,
             description="run the rows that stay on this device while the remote rows are in flight "
             "(asynchronous all2all, forward and backward)",
+        )
+        chunks: int = Field(
+            2,
+            ge=1,
+            description="with overlap: remote rows in this many pipelined exchanges, so the experts "
+            "run on one chunk while the next is in flight",
         )
         kernels: Literal["auto", "triton", "torch"] = Field(
             "auto", description="auto: Triton on CUDA, torch references elsewhere"
@@ -137,40 +145,64 @@ class GroupLocalDispatcher(Dispatcher):
         return combine_rows(ys, pair_index, weights, impl).to(rows.dtype)
 
     def _exchange(self, send_x, row_experts, row_weights, send_counts, send_splits, impl) -> torch.Tensor:
-        """Remote rows out and back (counts, rows + packed metadata, rows back: 3 collectives; the
-        backward 2); rows for this device never leave it and, with `overlap`, run while the
-        remote rows are in flight (half during the dispatch, half during the combine)."""
-        r, group, width = self.ep.rank, self.ep.group, row_experts.shape[1]
-        lo = sum(send_splits[:r])
-        hi = lo + send_splits[r]
-        mid = (lo + hi) // 2
-        in_splits = list(send_splits)
-        in_splits[r] = 0
-        out_splits = all_to_all_counts(send_counts, group).tolist()
-        out_splits[r] = 0
+        """Remote rows out and back: counts, then rows (their metadata packed in), then rows back
+        (the backward: the two row exchanges reversed). Rows for this device never leave it.
 
-        def remote(t: torch.Tensor) -> torch.Tensor:
-            return torch.cat([t[:lo], t[hi:]])
+        With `overlap`, the remote rows go in `chunks` exchanges (each destination's rows split
+        evenly), all launched at once: the experts run on chunk c while chunk c+1 is in flight
+        and send chunk c back while running chunk c+1; the local rows run half while the first
+        chunk is in flight, half while the last comes back. The backward overlaps the same way.
+        """
+        r, group, width = self.ep.rank, self.ep.group, row_experts.shape[1]
+        p = self.ep.size
+        recv_splits = all_to_all_counts(send_counts, group).tolist()
+        starts = [sum(send_splits[:d]) for d in range(p)]
+        lo, hi = starts[r], starts[r] + send_splits[r]
+        n = self.params.chunks if self.params.overlap else 1
+
+        def part(count: int, c: int) -> tuple[int, int]:
+            return count * c // n, count * (c + 1) // n
 
         # Weights and local ids travel in the row buffer; ids are exact in float32 (< 2**24).
-        meta = remote(torch.cat([row_weights, row_experts.float()], dim=1))
-        if self.params.overlap:
-            buf, tr = launch(remote(send_x), meta, out_splits, in_splits, group, grad_width=width)
-            local_a = self._experts(send_x[lo:mid], row_experts[lo:mid], row_weights[lo:mid], impl)
+        meta = torch.cat([row_weights, row_experts.float()], dim=1)
+        index, sends, recvs = [], [], []
+        for c in range(n):
+            rows = [
+                torch.arange(starts[d] + part(send_splits[d], c)[0], starts[d] + part(send_splits[d], c)[1])
+                for d in range(p)
+                if d != r
+            ]
+            index.append(torch.cat(rows).to(send_x.device))
+            sends.append(
+                [0 if d == r else part(send_splits[d], c)[1] - part(send_splits[d], c)[0] for d in range(p)]
+            )
+            recvs.append(
+                [0 if s == r else part(recv_splits[s], c)[1] - part(recv_splits[s], c)[0] for s in range(p)]
+            )
+
+        def local(a: int, b: int) -> torch.Tensor:
+            return self._experts(send_x[a:b], row_experts[a:b], row_weights[a:b], impl)
+
+        mid = (lo + hi) // 2 if self.params.overlap else hi
+        out = [
+            launch(send_x[i], meta[i], recvs[c], sends[c], group, grad_width=width)
+            for c, i in enumerate(index)
+        ]
+        parts = [local(lo, mid)] if self.params.overlap else []
+        back = []
+        for c, (buf, tr) in enumerate(out):
             recv_x, recv_meta = wait(buf, tr)
-        else:
-            recv_x, recv_meta = exchange(remote(send_x), meta, out_splits, in_splits, group, grad_width=width)
-        recv_experts = recv_meta[:, width:].detach().round().long()
-        out_rows = self._experts(recv_x, recv_experts, recv_meta[:, :width], impl)
+            recv_experts = recv_meta[:, width:].detach().round().long()
+            rows = self._experts(recv_x, recv_experts, recv_meta[:, :width], impl)
+            back.append(launch(rows, None, sends[c], recvs[c], group))
         if self.params.overlap:
-            buf, tr = launch(out_rows, None, in_splits, out_splits, group)
-            local_b = self._experts(send_x[mid:hi], row_experts[mid:hi], row_weights[mid:hi], impl)
-            back, _ = wait(buf, tr)
-            mine = torch.cat([local_a, local_b])
-        else:
-            back, _ = exchange(out_rows, None, in_splits, out_splits, group)
-            mine = self._experts(send_x[lo:hi], row_experts[lo:hi], row_weights[lo:hi], impl)
-        return torch.cat([back[:lo], mine, back[lo:]])
+            parts.append(local(mid, hi))
+        parts = [wait(buf, tr)[0] for buf, tr in back] + parts
+        if not self.params.overlap:
+            parts.append(local(lo, hi))
+        # Back into send order: chunk rows to their places, this device's rows in between.
+        order = torch.cat([*index, torch.arange(lo, hi, device=send_x.device)])
+        return torch.cat(parts)[torch.argsort(order)]
 
     def _count(self, tokens: int, opens: torch.Tensor, send_splits: list[int], x: torch.Tensor) -> None:
         rows = sum(send_splits)
