@@ -187,7 +187,7 @@ def _gather(values: list[float]) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _call_overhead_ms(group, world: int, calls: int = 20) -> float:
+def _call_overhead_ms(group, world: int, calls: int = 40) -> float:
     """Median ms of a tiny all_to_all on `group` (unshaped, no latency, ranks in step): what gloo
     and the shared CPU add to every call on top of the emulated latency."""
     from moelight.parallel.all_to_all import all_to_all_counts
