@@ -2,8 +2,8 @@
 
 Contracts (`Router`, `Routing`, `Dispatcher`, `LayerContext`, `ExpertWeights`), the registries,
 the standard routing math and parameters, gate networks, the selection-only expert bias,
-collaboration lists, and the kernels a dispatcher may reuse. The checks a plugin's tests run are
-in `moelight.testing`.
+collaboration lists, and the kernels and expert-parallel all_to_all a dispatcher may reuse. The
+checks a plugin's tests run are in `moelight.testing`.
 """
 
 from moelight.collaboration import coactivation_counts, collaborators_from_counts, is_collaborator_list
@@ -19,6 +19,9 @@ from moelight.kernels.permute import gather_rows
 from moelight.kernels.row_plan import row_plan
 from moelight.kernels.token_slots import token_slots
 from moelight.layer_context import LayerContext
+from moelight.parallel.all_to_all import all_to_all_counts
+from moelight.parallel.all_to_all import launch as launch_all_to_all
+from moelight.parallel.all_to_all import wait as wait_all_to_all
 from moelight.registry import dispatchers, routers
 from moelight.router_losses import (
     LoadMembership,
@@ -55,6 +58,7 @@ __all__ = [
     "Routing",
     "Score",
     "StandardRoutingParams",
+    "all_to_all_counts",
     "balance_probs",
     "build_gate",
     "coactivation_counts",
@@ -69,6 +73,7 @@ __all__ = [
     "finish_routing",
     "gather_rows",
     "is_collaborator_list",
+    "launch_all_to_all",
     "load_balancing_loss",
     "register_expert_bias",
     "router_scores",
@@ -80,5 +85,6 @@ __all__ = [
     "standard_routing",
     "token_slots",
     "update_expert_bias",
+    "wait_all_to_all",
     "z_loss",
 ]

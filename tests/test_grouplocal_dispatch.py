@@ -1,6 +1,6 @@
 """`grouplocal` equals `sorted`: in one process (a local grouped dispatch) and over 2 gloo
-processes (experts split, tokens exchanged by all_to_all), forward and every gradient, for both
-row modes, fp32 and bf16, random routings, tokens whose experts all sit on the other rank, idle
+processes (experts split, tokens exchanged by all_to_all; overlapped and blocking exchange),
+forward and every gradient, for both row modes, fp32 and bf16, random routings, tokens whose experts all sit on the other rank, idle
 experts and an empty rank; and its counters match the routing counted token by token.
 """
 
