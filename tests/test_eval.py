@@ -16,25 +16,13 @@ import yaml
 pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
+from random_checkpoint import ROOT, TINY_MODEL, save_random_checkpoint  # noqa: E402
 
 from moelight.cli.main import main  # noqa: E402
 from moelight.eval.adapter import MoelightLM  # noqa: E402
 from moelight.eval.model import load_eval_model  # noqa: E402
 from moelight.eval.tasks import LOCAL_TASK_DIR  # noqa: E402
-from moelight.profiling import _single_process_model  # noqa: E402
 from moelight.recipe import load_recipe  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-# 4 MoE layers of 8 experts: the shape of the shipped quickstart profile that recipes/c2r.yaml uses.
-TINY_MODEL = [
-    "model.n_layers=4",
-    "model.hidden_size=32",
-    "model.n_heads=2",
-    "model.ffn_hidden_size=64",
-    "model.expert_ffn_hidden_size=32",
-    "model.init_std=0.2",  # router logits far enough apart that routing rules visibly matter
-    "data.seq_len=32",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -44,21 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def save_random_checkpoint(recipe_file: Path, out: Path, overrides: list[str], seed: int = 0) -> Path:
-    """A Lightning-style .ckpt (state_dict under `model.`, recipe in hyper_parameters) of a random model."""
-    recipe = load_recipe(recipe_file, overrides)
-    torch.manual_seed(seed)
-    model = _single_process_model(recipe)
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"recipe": recipe.model_dump(mode="json")},
-        },
-        out,
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
