@@ -223,3 +223,19 @@ def test_lm_eval_cli_runs_the_local_task_with_model_moelight(ckpts, tmp_path):
     data = json.loads(result.read_text())
     assert data["results"]["moelight_python_mc"]["acc,none"] in {0.0, 0.25, 0.5, 0.75, 1.0}
     assert data["config"]["model"] == "moelight"
+
+
+def test_paper_suite_and_tags_expand_to_task_rows():
+    from lm_eval.tasks import TaskManager
+
+    from moelight.eval.tasks import expand_tags, parse_tasks
+
+    runs = parse_tasks("paper", None)
+    assert len(runs) == 10
+    shots = {r.name: r.num_fewshot for r in runs}
+    assert shots["arc_challenge"] == 25 and shots["hellaswag"] == 10 and shots["mmlu"] == 5
+    assert shots["boolq"] == 32 and shots["sciq"] == 0
+    assert {r.num_fewshot for r in parse_tasks("paper", 3)} == {3}  # --num-fewshot overrides all
+    manager = TaskManager(include_path=str(LOCAL_TASK_DIR), include_defaults=False)
+    names = [r.name for r in expand_tags(manager, parse_tasks("moelight_local,moelight_python_mc", None))]
+    assert names == ["moelight_python_complete", "moelight_python_mc", "moelight_stdlib_ppl"]

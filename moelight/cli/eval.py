@@ -135,15 +135,17 @@ def run(argv: list[str]) -> int:
     from moelight.eval.tasks import go_offline
 
     go_offline()  # before lm-eval and datasets are imported
+    _quiet_lm_eval()
     from moelight.eval.adapter import MoelightLM
     from moelight.eval.model import load_eval_model
     from moelight.eval.report import comparison, markdown, rich_table
     from moelight.eval.runner import run_tasks
-    from moelight.eval.tasks import include_paths, parse_tasks, task_manager
+    from moelight.eval.tasks import expand_tags, include_paths, parse_tasks, task_manager
 
     shots = _number(flags, "--num-fewshot", int, 0)
     runs = parse_tasks(str(flags["--tasks"]), shots)
     manager = task_manager(runs, include_paths(includes))
+    runs = expand_tags(manager, runs)
     batch = _number(flags, "--batch-size", int, 1)
     limit = _limit(flags)
     all_results = []
@@ -169,6 +171,13 @@ def run(argv: list[str]) -> int:
         _write(Path(str(out)), labels, all_results, markdown(table))
         console.print(f"results: {escape(str(out))}/results.md and results.json")
     return 0
+
+
+def _quiet_lm_eval() -> None:
+    """lm-eval warns on every task with a `custom_dataset` loader, which all shipped tasks have."""
+    import logging
+
+    logging.getLogger("lm_eval.api.task").addFilter(lambda r: "Custom kwargs" not in r.getMessage())
 
 
 def _write(out: Path, labels: list[str], all_results: list[dict], table_md: str) -> None:

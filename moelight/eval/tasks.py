@@ -81,6 +81,18 @@ def task_manager(runs: list[TaskRun], paths: list[str]):
     return full
 
 
+def expand_tags(manager, runs: list[TaskRun]) -> list[TaskRun]:
+    """A tag (e.g. `moelight_local`) stands for its tasks: one row each in the results."""
+    out: list[TaskRun] = []
+    for run in runs:
+        if run.name in manager.all_tags:
+            members = sorted(n for n, e in manager.task_index.items() if run.name in e.tags)
+            out += [TaskRun(m, run.num_fewshot, run.metric) for m in members]
+        else:
+            out.append(run)
+    return list(dict.fromkeys(out))
+
+
 def _data_files(kwargs: dict[str, Any]) -> list[str]:
     files = kwargs.get("data_files")
     if isinstance(files, str):
