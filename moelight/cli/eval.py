@@ -135,6 +135,12 @@ def run(argv: list[str]) -> int:
     from moelight.eval.tasks import go_offline
 
     go_offline()  # before lm-eval and datasets are imported
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise MoelightError(
+            "moelight eval needs lm-evaluation-harness: pip install 'moelight[eval]'"
+        ) from None
     _quiet_lm_eval()
     from moelight.eval.adapter import MoelightLM
     from moelight.eval.model import load_eval_model
