@@ -103,13 +103,19 @@ def _limit(flags: dict) -> float | int | None:
 
 
 def default_labels(checkpoints: list[str]) -> list[str]:
-    """The shortest path suffixes (without file extensions) that tell the checkpoints apart."""
-    parts = [Path(c).with_suffix("").parts for c in checkpoints]
-    for k in range(1, max(len(p) for p in parts) + 1):
-        labels = ["/".join(p[-k:]) for p in parts]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [f"{i}:{c}" for i, c in enumerate(checkpoints)]
+    """What tells the checkpoints' paths apart: `runs/topk/checkpoints/last.ckpt` and
+    `runs/c2r/checkpoints/last.ckpt` are `topk` and `c2r`."""
+    parts = [list(Path(c).with_suffix("").parts) for c in checkpoints]
+    if len(parts) == 1:
+        return [str(Path(checkpoints[0]).with_suffix(""))]
+    while all(len(p) > 1 for p in parts) and len({p[-1] for p in parts}) == 1:
+        parts = [p[:-1] for p in parts]
+    while all(len(p) > 1 for p in parts) and len({p[0] for p in parts}) == 1:
+        parts = [p[1:] for p in parts]
+    labels = ["/".join(p) for p in parts]
+    if len(set(labels)) != len(labels):
+        return [f"{i}:{Path(c).stem}" for i, c in enumerate(checkpoints)]
+    return labels
 
 
 def run(argv: list[str]) -> int:
