@@ -253,3 +253,12 @@ def test_gpu_bf16_scores_follow_fp32_cpu(ckpts):
     # bf16 rounding can flip a near-tied routing decision, so compare per token on average only.
     n_tokens = torch.tensor([len(c.encode()) for _, c in REQUESTS], dtype=torch.float32)
     assert ((a - b).abs() / n_tokens).mean() < 0.1, (a, b)
+
+
+def test_default_labels_name_what_differs():
+    from moelight.cli.eval import default_labels
+
+    runs = ["runs/topk/checkpoints/last.ckpt", "runs/c2r/checkpoints/last.ckpt"]
+    assert default_labels(runs) == ["topk", "c2r"]
+    assert default_labels(["a/x.ckpt", "a/y.ckpt"]) == ["x", "y"]
+    assert default_labels(["a/x.ckpt", "a/x.ckpt"]) == ["0:x", "1:x"]
