@@ -191,4 +191,4 @@ def test_router_that_hf_cannot_express(qwen_dir, tmp_path, capsys):
         "--arch",
         "qwen2_moe",
     )
-    assert "router 'balanced' cannot be exported" in err and "exportable routers: topk (exact), c2r" in err
+    assert "'balanced' router" in err and "would route differently" in err and "--router topk" in err

@@ -122,10 +122,9 @@ def test_sft_recipe_trains_with_standins(sft_standins, tmp_path):
     assert recipe.router["top_t"] == 30 and recipe.model.num_experts == 60
     assert main(["fit", str(RECIPE), *sft_standins]) == 0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
-    # The fine-tuned checkpoint exports back to the Hugging Face layout (HF then routes by top-k).
+    # The fine-tuned checkpoint exports back to the Hugging Face layout, routed by top-k on request.
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert (
-        main(["convert", "export", str(ckpt), "--out", str(tmp_path / "hf-out"), "--arch", "qwen2_moe"]) == 0
-    )
+    out = ["--out", str(tmp_path / "hf-out"), "--arch", "qwen2_moe"]
+    assert main(["convert", "export", str(ckpt), *out, "--router", "topk"]) == 0
     assert (tmp_path / "hf-out" / "model.safetensors").is_file()
     assert (tmp_path / "hf-out" / "tokenizer.json").is_file()

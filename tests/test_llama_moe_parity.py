@@ -221,3 +221,17 @@ def test_c2r_router_matches_the_official_c2r_gate_on_many_tokens(top_t):
     # Every second expert is one of the top-1 expert's first T collaborators.
     for first, second in got.experts.tolist():
         assert second in lists[first][:top_t].tolist()
+
+
+def test_load_aware_c2r_is_not_exported_as_llama_moe(tmp_path, capsys):
+    import yaml
+
+    import_to_dir(checkpoint(tmp_path, "mlp", 4.0, 3), tmp_path / "m")
+    recipe_path = tmp_path / "m" / "recipe.yaml"
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["router"] |= {"bias_update_rate": 1e-3, "balance_loss_coef": 0.0}
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    args = ["convert", "export", str(tmp_path / "m"), "--out", str(tmp_path / "hf2"), "--arch", "llama_moe"]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "bias_update_rate" in err and "route differently" in err

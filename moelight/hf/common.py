@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,7 +203,7 @@ def aux_coef_to_hf(coef: float, top_k: int, n_moe_layers: int) -> float:
     return float(coef) * max(n_moe_layers, 1) / top_k
 
 
-EXPORTABLE_ROUTERS = ("topk", "c2r")
+EXPORTABLE_ROUTERS = ("topk",)
 
 
 def topk_router_of(
@@ -214,21 +214,14 @@ def topk_router_of(
 
     name = router.get("name")
     if name not in EXPORTABLE_ROUTERS:
-        raise MoelightError(
-            f"--arch {arch}: router {name!r} cannot be exported: Hugging Face routes with a plain softmax "
-            "top-k gate; exportable routers: topk (exact), c2r (the gate is kept, HF then routes by top-k)"
-        )
+        from moelight.hf.router_swap import refuse_routing_change
+
+        refuse_routing_change(name, arch, top_k)
     _, params = routers.params(router, "router")
     values = params.model_dump()
     warnings: list[str] = []
     if values.get("score", "softmax") != "softmax":
         raise MoelightError(f"--arch {arch}: the router scores with {values['score']}; {arch} uses softmax")
-    if name != "topk":
-        warnings.append(
-            f"router {name!r} is exported as {arch}'s plain softmax top-k router: the gate weights are "
-            f"kept, but Hugging Face will route each token to its top-{top_k} experts "
-            f"instead of applying the {name!r} rule"
-        )
     if renormalize_fixed is not None and bool(values.get("renormalize", False)) != renormalize_fixed:
         raise MoelightError(
             f"--arch {arch}: {arch} always uses renormalize={renormalize_fixed} for the top-k weights, "
@@ -695,9 +688,11 @@ def export_from_checkpoint(
     recipe_path: str | Path | None = None,
     dtype: torch.dtype | None = None,
     force: bool = False,
+    replace_router: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[str]:
     """`moelight convert export`: a converted directory, .safetensors or Lightning .ckpt -> an HF
-    directory (config.json + model.safetensors in the hub layout, plus the tokenizer if known)."""
+    directory (config.json + model.safetensors in the hub layout, plus the tokenizer if known).
+    `replace_router` maps the checkpoint's router section to the one exported (`--router`)."""
     from moelight.recipe import load_recipe, validate_recipe
 
     get_architecture(arch, "--arch")  # before reading a possibly large checkpoint
@@ -712,7 +707,8 @@ def export_from_checkpoint(
         raise MoelightError(
             f"{source} carries no recipe: pass --recipe RECIPE (the recipe whose model section it was trained with)"
         )
-    warnings = export_hf(state, recipe.model, recipe.router, arch, out, dtype)
+    router = recipe.router if replace_router is None else replace_router(recipe.router)
+    warnings = export_hf(state, recipe.model, router, arch, out, dtype)
     tok = recipe.data.tokenizer
     if tok != "bytes" and Path(tok).is_dir():
         _copy_files(tokenizer_files(Path(tok)), out)

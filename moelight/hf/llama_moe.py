@@ -182,6 +182,11 @@ class LlamaMoe(Architecture):
                 f"--arch {arch}: LLaMA-MoE weights the k chosen experts by a softmax over their logits "
                 "(c2r needs score: softmax and renormalize: true)"
             )
+        if router["name"] == "c2r" and params.get("bias_update_rate"):
+            raise MoelightError(
+                f"--arch {arch}: the c2r router's selection bias (bias_update_rate, load-aware C2R) is not "
+                "part of LLaMA-MoE's gate: the export would route differently; allowed: bias_update_rate: 0"
+            )
         warnings: list[str] = []
         if params.get("z_loss_coef") or params.get("aux_loss_coef"):
             warnings.append(
