@@ -217,14 +217,15 @@ class C2RRouter(Router):
         routing = finish_routing(clean, scores, experts, p)
         if p.balance_loss_coef:
             if noisy_training and k < self.ctx.num_experts:
-                chosen = torch.cat([logits.gather(1, top1), ranked_logits], dim=1)  # [T, k or k+1]
+                # The official gate's `top_logits`: top-1, then the best candidates; [T, k or k+1].
+                top_values = torch.cat([logits.gather(1, top1), ranked_logits], dim=1)
                 load = smooth_load(
                     clean,
                     logits,
                     noise,
                     noise_std,
-                    threshold_in=self._bar(chosen, logits, top1, k),
-                    threshold_out=chosen[:, k - 1 : k],
+                    threshold_in=self._bar(top_values, logits, top1, k),
+                    threshold_out=top_values[:, k - 1 : k],
                     membership=p.load_membership,
                 )
             else:
@@ -235,11 +236,13 @@ class C2RRouter(Router):
         routing.weights = routing.weights * p.score_scale
         return routing
 
-    def _bar(self, chosen: torch.Tensor, logits: torch.Tensor, top1: torch.Tensor, k: int) -> torch.Tensor:
+    def _bar(
+        self, top_values: torch.Tensor, logits: torch.Tensor, top1: torch.Tensor, k: int
+    ) -> torch.Tensor:
         """[T, 1]: the best value not chosen: the k-th best candidate, or, when the candidates are
         all chosen (T = k - 1), the next collaborator's logit (-inf in placement mode)."""
-        if chosen.shape[1] > k:
-            return chosen[:, k : k + 1]
+        if top_values.shape[1] > k:
+            return top_values[:, k : k + 1]
         if self.next_collaborator is None:
-            return torch.full_like(chosen[:, :1], float("-inf"))
+            return torch.full_like(top_values[:, :1], float("-inf"))
         return logits.gather(1, self.next_collaborator[top1])
