@@ -36,7 +36,7 @@ def plot(results: list[dict], out: str) -> None:
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(f"P = {r['procs']}, {name}", fontsize=10)
         ax.set_ylabel("median step time (s)")
-    axes[0][0].legend(fontsize=7, loc="upper right")
+    axes[0][-1].legend(fontsize=7, loc="lower right", framealpha=0.9)
     fig.suptitle(
         "moelight bench ep: emulated interconnect (speed-up vs top-k per-expert above bars)", fontsize=10
     )
