@@ -138,7 +138,7 @@ def run(argv: list[str]) -> int:
         if not Path(ckpt).exists():
             raise MoelightError(f"checkpoint not found: {ckpt}")
 
-    from moelight.eval.tasks import go_offline
+    from moelight.eval.tasks import go_offline, quiet_custom_dataset_warning
 
     go_offline()  # before lm-eval and datasets are imported
     try:
@@ -147,7 +147,7 @@ def run(argv: list[str]) -> int:
         raise MoelightError(
             "moelight eval needs lm-evaluation-harness: pip install 'moelight[eval]'"
         ) from None
-    _quiet_lm_eval()
+    quiet_custom_dataset_warning()
     from moelight.eval.adapter import MoelightLM
     from moelight.eval.model import load_eval_model
     from moelight.eval.report import comparison, markdown, rich_table
@@ -183,13 +183,6 @@ def run(argv: list[str]) -> int:
         _write(Path(str(out)), labels, all_results, markdown(table))
         console.print(f"results: {escape(str(out))}/results.md and results.json")
     return 0
-
-
-def _quiet_lm_eval() -> None:
-    """lm-eval warns on every task with a `custom_dataset` loader, which all shipped tasks have."""
-    import logging
-
-    logging.getLogger("lm_eval.api.task").addFilter(lambda r: "Custom kwargs" not in r.getMessage())
 
 
 def _write(out: Path, labels: list[str], all_results: list[dict], table_md: str) -> None:

@@ -102,15 +102,18 @@ class MoelightLM(TemplateLM):
     # ---- the model ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _log_probs(self, rows: list[list[int]]) -> list[torch.Tensor]:
-        """Log-softmax (fp32) of the next-token distribution at every position of each row."""
+    def _log_probs(self, rows: list[list[int]], keep: list[int]) -> list[torch.Tensor]:
+        """Log-softmax (fp32) of the next-token distribution at the last `keep[i]` positions of row i
+        (only those: with a large vocabulary the full [B, S, V] in fp32 would not fit)."""
         width = max(len(r) for r in rows)
         batch = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
             batch[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         logits = self.loaded.model(batch.to(self.device))
-        logp = F.log_softmax(logits.float(), dim=-1).cpu()
-        return [logp[i, : len(r)] for i, r in enumerate(rows)]
+        return [
+            F.log_softmax(logits[i, len(r) - k : len(r)].float(), -1).cpu()
+            for i, (r, k) in enumerate(zip(rows, keep))
+        ]
 
     def _score(self, context: list[int], continuation: list[int]) -> list[int]:
         """The model input for one request: context + continuation minus its last token, left-truncated."""
@@ -136,9 +139,8 @@ class MoelightLM(TemplateLM):
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             rows = [self._score(requests[i][1], requests[i][2]) for i in chunk]
-            for i, row, logp in zip(chunk, rows, self._log_probs(rows)):
-                cont = requests[i][2]
-                scored = logp[len(row) - len(cont) :]  # positions predicting the continuation
+            conts = [requests[i][2] for i in chunk]
+            for i, cont, scored in zip(chunk, conts, self._log_probs(rows, [len(c) for c in conts])):
                 target = torch.tensor(cont, dtype=torch.long)
                 picked = scored.gather(-1, target[:, None]).squeeze(-1)
                 greedy = bool((scored.argmax(-1) == target).all())
@@ -202,7 +204,9 @@ class MoelightLM(TemplateLM):
         generated: list[list[int]] = [[] for _ in args]
         active = list(range(len(args)))
         while active:
-            logps = self._log_probs([(rows[i] + generated[i])[-self.max_length :] for i in active])
+            logps = self._log_probs(
+                [(rows[i] + generated[i])[-self.max_length :] for i in active], [1] * len(active)
+            )
             still = []
             for i, logp in zip(active, logps):
                 token = int(logp[-1].argmax())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from moelight.eval.tasks import LOCAL_TASK_DIR, go_offline
+from moelight.eval.tasks import LOCAL_TASK_DIR, go_offline, quiet_custom_dataset_warning
 
 
 def with_local_tasks(argv: list[str]) -> list[str]:
@@ -26,6 +26,7 @@ def with_local_tasks(argv: list[str]) -> list[str]:
 
 def main() -> None:
     go_offline()
+    quiet_custom_dataset_warning()
     from lm_eval.__main__ import cli_evaluate
 
     import moelight.eval.adapter  # noqa: F401  (registers `moelight`)

@@ -26,6 +26,13 @@ def go_offline() -> None:
         os.environ.setdefault(key, value)
 
 
+def quiet_custom_dataset_warning() -> None:
+    """lm-eval warns on every task with a `custom_dataset` loader, which all shipped tasks have."""
+    import logging
+
+    logging.getLogger("lm_eval.api.task").addFilter(lambda r: "Custom kwargs" not in r.getMessage())
+
+
 @dataclass(frozen=True)
 class TaskRun:
     """One lm-eval task or group with its few-shot count (None: the task's own default)."""
