@@ -210,7 +210,7 @@ class C2RRouter(Router):
         if self._padded:
             cand_values = cand_values.masked_fill(~self.candidate_valid[top1.squeeze(1)], float("-inf"))
         # The best k candidates, best first: k-1 are chosen, the k-th is the smooth load's bar.
-        ranked_logits, ranked = cand_values.topk(min(k, cand.shape[1]), dim=-1)
+        ranked_values, ranked = cand_values.topk(min(k, cand.shape[1]), dim=-1)
         experts = torch.cat([top1, cand.gather(1, ranked[:, : k - 1])], dim=1)
         if self.training and p.bias_update_rate:
             update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
@@ -218,7 +218,7 @@ class C2RRouter(Router):
         if p.balance_loss_coef:
             if noisy_training and k < self.ctx.num_experts:
                 # The official gate's `top_logits`: top-1, then the best candidates; [T, k or k+1].
-                top_values = torch.cat([logits.gather(1, top1), ranked_logits], dim=1)
+                top_values = torch.cat([logits.gather(1, top1), ranked_values], dim=1)
                 load = smooth_load(
                     clean,
                     logits,
