@@ -14,7 +14,7 @@ import torch
 
 from moelight.api import LayerContext, dispatchers, routers
 from moelight.cli.main import main
-from moelight.registry import file_module_name, load_plugin_modules
+from moelight.registry import discover, file_module_name, load_plugin_modules
 from moelight.testing import check_dispatcher, check_router
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +115,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_training_calls_the_router_hooks_and_logs_router_scalars(tiny, tmp_path, monkeypatch):
+    discover()  # first, or the installed plugins would land in the copy and vanish with it
     monkeypatch.setattr(routers, "_classes", dict(routers._classes))
     probe = tmp_path / "probe.py"
     probe.write_text(HOOKS)
