@@ -188,9 +188,16 @@ def write_report(record: dict[str, Any], docs: Path) -> Path:
     median_delta = deltas[len(deltas) // 2] if deltas else float("nan")
     seeds = ", ".join(str(s) for s in record["seeds"])
     base_s = record["base"].get("seconds", math.nan)
+    reused_runs = sum(
+        r.get("seconds", 0) != r.get("seconds", 0)
+        for a in record["arms"].values()
+        for r in a["per_seed"].values()
+    )
     reused = (
-        "; the base model and its profile were reused from an earlier invocation (`--reuse`), not counted"
-        if base_s != base_s
+        f"; reused from earlier invocations (`--reuse`) and not counted: "
+        f"{'the base model and its profile' if base_s != base_s else ''}"
+        f"{', ' if base_s != base_s and reused_runs else ''}{f'{reused_runs} continued runs' if reused_runs else ''}"
+        if base_s != base_s or reused_runs
         else f", of which the base {base_s / 60:.1f} min"
     )
     text = f"""# The quality–communication frontier of moelight's routers
