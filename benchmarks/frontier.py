@@ -55,14 +55,13 @@ class Arm:
     overrides: list[str] = field(default_factory=list)
 
 
-def arms(num_experts: int, top_ts: list[int]) -> list[Arm]:
+def arms(num_experts: int, top_ts: list[int], bias_rates: list[float]) -> list[Arm]:
     out = [Arm(TOPK, "top-k", {"name": "topk"})]
     out += [Arm(f"C2R T={t}", "C2R", {"name": "c2r", "top_t": t}) for t in top_ts]
-    out.append(
-        Arm(
-            "load-aware C2R T=1", "load-aware C2R", {"name": "c2r", "top_t": 1, "bias_update_rate": BIAS_RATE}
-        )
-    )
+    for rate in bias_rates:
+        suffix = "" if rate == BIAS_RATE else f" (bias step {rate:g})"
+        router = {"name": "c2r", "top_t": 1, "bias_update_rate": rate}
+        out.append(Arm(f"load-aware C2R T=1{suffix}", "load-aware C2R", router))
     for p in (2, 4):
         t = num_experts // p - 1
         out.append(Arm(f"C2R placement P={p}", "C2R placement", {"name": "c2r", "top_t": t}, p, "base"))
@@ -163,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=150, help="continued-training steps of every arm")
     ap.add_argument("--seeds", default="2024,2025,2026", help="data-order seeds (comma list)")
     ap.add_argument("--top-t", default="1,2,3", help="C2R (profile) top_t values (comma list)")
+    ap.add_argument(
+        "--bias-rates",
+        default="1e-3,1e-4",
+        help="expert-bias steps of the load-aware C2R T=1 arms (comma list)",
+    )
     ap.add_argument("--lr", type=float, default=1e-3, help="continued-training peak learning rate")
     ap.add_argument(
         "--val-tokens",
@@ -208,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     layers, e = base_meta["num_layers"], base_meta["num_experts"]
     placement_lists = _write_placement_lists(base_profile, layers, e)
 
-    all_arms = arms(e, [int(t) for t in args.top_t.split(",")])
+    all_arms = arms(
+        e, [int(t) for t in args.top_t.split(",")], [float(r) for r in args.bias_rates.split(",")]
+    )
     if args.only:
         keep = set(args.only.split(","))
         all_arms = [a for a in all_arms if a.name in keep or a.name == TOPK]

@@ -14,6 +14,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 TOPK = "top-k"
 GOAL_DEVICES = 1.25  # devices per token on 4 devices the issue asks a C2R router to reach
+# Everything after this line in docs/frontier.md is hand-written and kept when the page is rewritten.
+NOTES_MARKER = "<!-- notes below are written by hand and kept when the benchmark rewrites this page -->"
 MARKERS = {
     "top-k": "o",
     "C2R": "s",
@@ -185,12 +187,25 @@ def write_report(record: dict[str, Any], docs: Path) -> Path:
     deltas = sorted(abs(a["mean_delta"]) for n, a in record["arms"].items() if n != TOPK)
     median_delta = deltas[len(deltas) // 2] if deltas else float("nan")
     seeds = ", ".join(str(s) for s in record["seeds"])
+    base_s = record["base"].get("seconds", math.nan)
+    reused_runs = sum(
+        r.get("seconds", 0) != r.get("seconds", 0)
+        for a in record["arms"].values()
+        for r in a["per_seed"].values()
+    )
+    reused = (
+        f"; reused from earlier invocations (`--reuse`) and not counted: "
+        f"{'the base model and its profile' if base_s != base_s else ''}"
+        f"{', ' if base_s != base_s and reused_runs else ''}{f'{reused_runs} continued runs' if reused_runs else ''}"
+        if base_s != base_s or reused_runs
+        else f", of which the base {base_s / 60:.1f} min"
+    )
     text = f"""# The quality–communication frontier of moelight's routers
 
 Reproduce (writes this page, `docs/frontier-p2.png`, `docs/frontier-p4.png`; runs in `runs/frontier`):
 
 ```bash
-{record["command"].strip()}
+{record["command"].replace(" --reuse", "").strip()}
 ```
 
 ## Setup
@@ -266,9 +281,13 @@ On 4 devices:
 On 2 devices:
 {recommend(record, 2)}
 
-Wall time: {record["wall_s"] / 60:.1f} min ({record["cpu"]}).
+Wall time: {record["wall_s"] / 60:.1f} min ({record["cpu"]}){reused}.
+
+{NOTES_MARKER}
 """
     out = docs / "frontier.md"
+    if out.is_file() and NOTES_MARKER in out.read_text():
+        text += out.read_text().split(NOTES_MARKER, 1)[1].lstrip("\n")
     out.write_text(text)
     return out
 
