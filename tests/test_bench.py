@@ -236,7 +236,13 @@ def test_c2r_profile_model_picks_from_the_first_t_collaborators():
 def llama_like(k: int = 2, latency: bool = True, meta: int = 8):
     source = comm.RoutingSource("synthetic", None, 8, k, 4)
     setup = comm.Setup(
-        tokens_per_device=4096, hidden=1024, dtype_bytes=2, layers=4, top_k=k, meta_bytes_per_expert=meta
+        tokens_per_device=4096,
+        hidden=1024,
+        dtype_bytes=2,
+        layers=4,
+        top_k=k,
+        meta_bytes_per_expert=meta,
+        meta_grad_bytes_per_expert=meta // 2,  # the weights' half of the metadata comes back
     )
     ic = comm.INTERCONNECTS["infiniband"]
     if not latency:
