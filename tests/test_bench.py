@@ -242,7 +242,7 @@ def llama_like(k: int = 2, latency: bool = True, meta: int = 8):
         layers=4,
         top_k=k,
         meta_bytes_per_expert=meta,
-        meta_grad_bytes_per_expert=meta // 2,  # no metadata at all when meta = 0
+        meta_grad_bytes_per_expert=meta // 2,  # the weights' half of the metadata comes back
     )
     ic = comm.INTERCONNECTS["infiniband"]
     if not latency:

@@ -20,7 +20,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,6 @@ class Args:
     configs: tuple[str, ...] = CONFIG_KEYS
     burst: int = 2000
     json_path: str | None = None
-    results: dict[str, Any] = field(default_factory=dict)
 
 
 def _shaped_group(store, rank: int, world: int):

@@ -1,12 +1,13 @@
-"""Variable-split all_to_all of rows, blocking or overlapped, with autograd and a wall-clock log.
+"""Variable-split all_to_all of rows, with autograd, overlap and a wall-clock log.
 
-- `launch(x, meta, ...)` / `wait(...)`: one all_to_all carrying rows `x: [R, d]` and, packed
-  bit-exactly into the same buffer, float32 per-row metadata `meta: [R, m]` (router weights,
-  local expert ids): one collective instead of two; its backward is one all_to_all of the packed
-  gradients. Split in two autograd nodes, so that work created between them (other rows' expert
-  compute) runs while the rows are in flight, in the forward AND in the backward (the autograd engine runs ready nodes in reverse creation
-  order: `wait`'s backward launches the reverse exchange before the local work's backward, and
-  `launch`'s backward waits for it).
+`launch(x, meta, ...)` / `wait(...)`: one all_to_all carrying rows `x: [R, d]` and, packed
+bit-exactly into the same buffer, float32 per-row metadata `meta: [R, m]` (router weights, local
+expert ids): one collective instead of two; its backward is one all_to_all of the packed
+gradients. It is split in two autograd nodes so that work created between them (other rows'
+expert compute) runs while the rows are in flight, in the forward AND in the backward: the
+autograd engine runs ready nodes in reverse creation order, so `wait`'s backward launches the
+reverse exchange before that work's backward runs, and `launch`'s backward waits for it.
+`wait` right after `launch` is a blocking exchange.
 
 Every call goes through `group.alltoall_base`, so any c10d process group works (also a gloo
 backend bound to its own address, as the emulated interconnect uses). `COMM` accumulates what
@@ -122,12 +123,10 @@ class Transfer:
     """What `launch` and `wait` (and their backwards) share: splits, group, works, shapes."""
 
     def __init__(self, out_splits: list[int], in_splits: list[int], group, grad_width: int):
-        self.out_splits, self.in_splits, self.group, self.grad_width = (
-            out_splits,
-            in_splits,
-            group,
-            grad_width,
-        )
+        self.out_splits = out_splits  # rows received from each rank
+        self.in_splits = in_splits  # rows sent to each rank
+        self.group = group
+        self.grad_width = grad_width  # leading metadata columns that carry a gradient
         self.work = self.back_work = None
         self.d = self.m = 0
 
@@ -174,7 +173,7 @@ class _Wait(torch.autograd.Function):
         t.back_send = send
         t.back_work = _start(t.back_out, send, t.in_splits, t.out_splits, t.group)
         # The buffer's gradient is not used by `_Launch.backward` (it reads `t.back_out` once
-        # the reverse exchange is done); a zero-size stand-in keeps autograd's shapes valid.
+        # the reverse exchange is done); a zero-stride stand-in keeps autograd's shapes valid.
         return send.new_zeros(()).expand(ctx.buf_shape), None
 
 
@@ -184,7 +183,7 @@ def launch(
     out_splits: list[int],
     in_splits: list[int],
     group,
-    grad_width=0,
+    grad_width: int = 0,
 ) -> tuple[torch.Tensor, Transfer]:
     """Start an exchange; pass the returned `(buffer, transfer)` to `wait` after the local work."""
     t = Transfer(out_splits, in_splits, group, grad_width)
