@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from moelight.plots import plt, save_figure
+from moelight.c2r.plots import plt, save_figure
 
 
 def load(paths: list[str]) -> list[dict]:

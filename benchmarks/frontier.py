@@ -11,7 +11,7 @@
     base placement, P = 2 and 4); load-aware C2R (the same, plus the aux-loss-free expert bias);
     device-limited routing (M = 1, 2 of 4 devices; M = 1 of 2), its groups the contiguous
     device blocks. Runs are single-process: placement-constrained C2R routes with lists from
-    `moelight.placement_collaborators` (identical routing, tested), device-limited with
+    `moelight.c2r.placement_collaborators` (identical routing, tested), device-limited with
     `groups: blocks` (identical to the contiguous placement's devices);
 (d) profiles every continued model on the whole validation split: val loss (mean next-token
     loss), load CV, and the expected distinct devices per token, exact over the profiled
@@ -113,8 +113,8 @@ def _profile(ckpt: Path, out_dir: Path, reuse: bool, max_tokens: int | None) -> 
 
 
 def _devices_per_token(profile_dir: Path, placement) -> float:
-    from moelight.partition import expected_devices_per_token
-    from moelight.profiling import histogram_from_tensors, read_profile
+    from moelight.c2r.partition import expected_devices_per_token
+    from moelight.c2r.profiling import histogram_from_tensors, read_profile
 
     tensors, _ = read_profile(profile_dir)
     sets, counts = histogram_from_tensors(tensors)
@@ -122,7 +122,7 @@ def _devices_per_token(profile_dir: Path, placement) -> float:
 
 
 def _base_placements(base_profile: Path, num_layers: int, num_experts: int) -> dict[int, Any]:
-    from moelight.placement import load_placement
+    from moelight.c2r.placement import load_placement
 
     return {
         p: load_placement(str(base_profile / f"placement-{p}.json"), num_layers, num_experts, p)
@@ -134,7 +134,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Continue training one (arm, seed) and measure it; runs in a worker process."""
     import torch
 
-    from moelight.placement import contiguous_placement
+    from moelight.c2r.placement import contiguous_placement
 
     torch.set_num_threads(job["threads"])
     run_dir = Path(job["run_dir"])
@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_placement_lists(base_profile: Path, layers: int, e: int) -> dict[int, Path]:
     """Collaborator lists that follow the base placement on P devices, as .npy profiles."""
-    from moelight.placement_collaborators import placement_collaborator_lists
-    from moelight.profiling import read_profile
+    from moelight.c2r.placement_collaborators import placement_collaborator_lists
+    from moelight.c2r.profiling import read_profile
 
     tensors, _ = read_profile(base_profile)
     paths = {}

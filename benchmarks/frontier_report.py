@@ -49,7 +49,7 @@ def points(record: dict[str, Any], p: int) -> list[tuple[float, float, str]]:
 
 
 def plot(record: dict[str, Any], p: int, path: Path) -> None:
-    from moelight.plots import plt, save_figure
+    from moelight.c2r.plots import plt, save_figure
 
     arms = record["arms"]
     top = arms[TOPK]
@@ -228,7 +228,7 @@ Reproduce (writes this page, `docs/frontier-p2.png`, `docs/frontier-p4.png`; run
     groups = P blocks of consecutive expert ids (= the contiguous placement's devices), at most M
     groups per token.
   All runs are single-process: placement-bound C2R uses collaborator lists that follow the
-  placement (`moelight/placement_collaborators.py`; identical routing to `collaborators: placement`,
+  placement (`moelight/c2r/placement_collaborators.py`; identical routing to `collaborators: placement`,
   `tests/test_placement_collaborators.py`).
 - **Measured** on the whole validation split after training (the profiler): **val loss** = mean
   next-token loss; **load CV** = std/mean of tokens per expert (mean over layers);

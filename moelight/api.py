@@ -6,24 +6,20 @@ collaboration lists, and the kernels and expert-parallel all_to_all a dispatcher
 checks a plugin's tests run are in `moelight.testing`.
 """
 
-from moelight.collaboration import coactivation_counts, collaborators_from_counts, is_collaborator_list
-from moelight.dispatch import Dispatcher, DispatchStats, ExpertParallelContext
+from moelight.c2r.collaboration import coactivation_counts, collaborators_from_counts, is_collaborator_list
 from moelight.errors import ConfigError, MoelightError
-from moelight.expert_bias import register_expert_bias, update_expert_bias
-from moelight.experts import ExpertWeights
-from moelight.gate_network import GateNetwork, GateNoise, build_gate
 from moelight.kernels import KernelMode, select_impl
 from moelight.kernels.combine import combine_rows
 from moelight.kernels.counting_sort import counting_sort
 from moelight.kernels.permute import gather_rows
 from moelight.kernels.row_plan import row_plan
 from moelight.kernels.token_slots import token_slots
-from moelight.layer_context import LayerContext
-from moelight.parallel.all_to_all import all_to_all_counts
-from moelight.parallel.all_to_all import launch as launch_all_to_all
-from moelight.parallel.all_to_all import wait as wait_all_to_all
-from moelight.registry import dispatchers, routers
-from moelight.router_losses import (
+from moelight.moe.dispatch import Dispatcher, DispatchStats, ExpertParallelContext
+from moelight.moe.expert_bias import register_expert_bias, update_expert_bias
+from moelight.moe.experts import ExpertWeights
+from moelight.moe.gate_network import GateNetwork, GateNoise, build_gate
+from moelight.moe.layer_context import LayerContext
+from moelight.moe.router_losses import (
     LoadMembership,
     Score,
     balance_probs,
@@ -38,8 +34,12 @@ from moelight.router_losses import (
     standard_routing,
     z_loss,
 )
-from moelight.routing import PluginParams, Router, Routing
-from moelight.standard_router import StandardRoutingParams, finish_routing
+from moelight.moe.routing import PluginParams, Router, Routing
+from moelight.moe.standard_router import StandardRoutingParams, finish_routing
+from moelight.parallel.all_to_all import all_to_all_counts
+from moelight.parallel.all_to_all import launch as launch_all_to_all
+from moelight.parallel.all_to_all import wait as wait_all_to_all
+from moelight.registry import dispatchers, routers
 
 __all__ = [
     "ConfigError",

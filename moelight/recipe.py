@@ -16,6 +16,11 @@ from moelight.errors import ConfigError, MoelightError, validation_message
 from moelight.registry import dispatchers, load_plugin_modules, routers
 
 
+def moe_layer_indices(n_layers: int, moe_every: int) -> list[int]:
+    """The MoE layers of a model with an MoE FFN every `moe_every`-th layer: n-1, 2n-1, ..."""
+    return [i for i in range(n_layers) if (i + 1) % moe_every == 0]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,8 +59,12 @@ class ModelConfig(Section):
             raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
         return self
 
+    @property
+    def moe_layers(self) -> list[int]:
+        return moe_layer_indices(self.n_layers, self.moe_every)
+
     def is_moe_layer(self, i: int) -> bool:
-        return (i + 1) % self.moe_every == 0
+        return i in self.moe_layers
 
 
 class DataConfig(Section):

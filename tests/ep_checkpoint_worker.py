@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from moelight.errors import MoelightError
-from moelight.experts import ExpertWeights
+from moelight.moe.experts import ExpertWeights
 from moelight.parallel.checkpoint import MARKER_FILE, check_sharded, load_sharded, save_sharded
 
 sys.path.insert(0, str(Path(__file__).parent))

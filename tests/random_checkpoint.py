@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from moelight.profiling import _single_process_model
+from moelight.c2r.profiling import _single_process_model
 from moelight.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ from moelight.bench import comm
 from moelight.bench.presets import PRESETS
 from moelight.bench.reference import HFLoopDispatcher
 from moelight.bench.timing import quantile, summarize
+from moelight.c2r.collaboration import coactivation_counts
 from moelight.cli.main import main
-from moelight.collaboration import coactivation_counts
 
 TIMING_FIELDS = {"name", "n", "median_ms", "q1_ms", "q3_ms", "iqr_ms", "min_ms", "max_ms", "mean_ms"}
 RESULT_FIELDS = TIMING_FIELDS | {"speedup", "speedup_q1", "speedup_q3", "tokens_per_s", "times_ms"}

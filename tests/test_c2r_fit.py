@@ -10,8 +10,8 @@ import pytest
 from conftest import TINY
 from safetensors.torch import load_file
 
+from moelight.c2r.placement import load_placement
 from moelight.cli.main import main
-from moelight.placement import load_placement
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from moelight.collaboration import (
+from moelight.c2r.collaboration import (
     coactivation_counts,
     collaborators_from_counts,
     concentration,

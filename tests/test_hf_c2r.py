@@ -13,7 +13,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="moelight[hf] extra not installed")
 
-from moelight.hf.common import import_to_dir  # noqa: E402
+from moelight.hf.convert_dirs import import_to_dir  # noqa: E402
 from moelight.hf.tiny import TINY_VOCAB, make_tiny_checkpoint  # noqa: E402
 from moelight.model.build import build_model  # noqa: E402
 from moelight.model.init_from import load_init_weights  # noqa: E402

@@ -16,7 +16,8 @@ transformers = pytest.importorskip("transformers", reason="moelight[hf] extra no
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from moelight.cli.main import main  # noqa: E402
-from moelight.hf.common import export_from_checkpoint, import_hf, import_to_dir  # noqa: E402
+from moelight.hf.convert_dirs import export_from_checkpoint, import_to_dir  # noqa: E402
+from moelight.hf.importer import import_hf  # noqa: E402
 from moelight.hf.tiny import TINY_VOCAB, make_tiny_checkpoint  # noqa: E402
 from moelight.model.build import build_model  # noqa: E402
 from moelight.model.init_from import load_init_weights  # noqa: E402
@@ -246,7 +247,7 @@ EXPORT_MODELS = {
 
 @pytest.mark.parametrize("arch", list(EXPORT_MODELS))
 def test_moelight_model_exports_with_equal_logits(arch, tmp_path):
-    from moelight.hf.common import export_hf
+    from moelight.hf.exporter import export_hf
 
     recipe = load_recipe(
         None,

@@ -159,7 +159,7 @@ def test_help_lists_architectures(capsys):
 
 def test_transformers4_config_spelling(qwen_dir, tmp_path):
     """config.json written by transformers 4.x: rope_theta at the top level, no rope_parameters."""
-    from moelight.hf.common import import_hf
+    from moelight.hf.importer import import_hf
 
     old = copy_with_config(
         qwen_dir, tmp_path / "v4", rope_parameters=None, rope_theta=123456.0, qkv_bias=None

@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from moelight.errors import MoelightError
-from moelight.experts import ExpertWeights
 from moelight.model.build import build_model, layer_contexts
 from moelight.model.init_from import load_init_weights, read_checkpoint
+from moelight.moe.experts import ExpertWeights
 from moelight.recipe import load_recipe
 
 SMALL = [

@@ -1,4 +1,4 @@
-"""Collaboration-aware placement (moelight/partition.py), on the C2R paper's LLaMA-MoE counts."""
+"""Collaboration-aware placement (moelight/c2r/partition.py), on the C2R paper's LLaMA-MoE counts."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from moelight.collaboration import concentration
-from moelight.errors import MoelightError
-from moelight.partition import (
+from moelight.c2r.collaboration import concentration
+from moelight.c2r.partition import (
     expected_devices_per_token,
     kept_share,
     num_balanced_partitions,
     optimize_placement,
 )
-from moelight.placement import contiguous_placement, load_placement, save_placement
-from moelight.profiling import Profile, concentration_curve, specialization
+from moelight.c2r.placement import contiguous_placement, load_placement, save_placement
+from moelight.c2r.profiling import Profile, concentration_curve, specialization
+from moelight.errors import MoelightError
 
 
 def llama(c2r_data, name: str) -> torch.Tensor:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from moelight.api import LayerContext, routers
-from moelight.collaboration import collaborators_from_counts, is_collaborator_list
-from moelight.placement_collaborators import placement_collaborator_lists
+from moelight.c2r.collaboration import collaborators_from_counts, is_collaborator_list
+from moelight.c2r.placement_collaborators import placement_collaborator_lists
 
 E, D = 16, 16
 

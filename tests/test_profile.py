@@ -9,12 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from moelight.c2r.collaboration import collaborators_from_counts, load_collaboration
+from moelight.c2r.placement import load_placement
+from moelight.c2r.profiling import (
+    load_checkpoint,
+    profile_model,
+    read_profile,
+    save_profile,
+    write_placements,
+)
 from moelight.cli.main import main
-from moelight.collaboration import collaborators_from_counts, load_collaboration
 from moelight.data.datamodule import MoEDataModule
 from moelight.model.build import build_model
-from moelight.placement import load_placement
-from moelight.profiling import load_checkpoint, profile_model, read_profile, save_profile, write_placements
 from moelight.recipe import validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +231,7 @@ def test_shipped_profile_fits_the_c2r_recipes():
 def test_expert_parallel_recipe_is_profiled_in_one_process_with_its_routing():
     """A checkpoint trained with experts on 2 devices: all experts are built here, and the
     c2r router keeps its device-local candidates (collaborators: placement)."""
-    from moelight.profiling import _single_process_model
+    from moelight.c2r.profiling import _single_process_model
 
     recipe = tiny_recipe(name="c2r", top_t=2, collaborators="placement")
     recipe["parallel"] = {"expert_parallel": 2}  # contiguous: experts 0-2 and 3-5

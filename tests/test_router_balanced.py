@@ -183,7 +183,7 @@ def test_bias_balances_a_skewed_router_over_steps():
 
 
 def test_bias_update_uses_all_reduced_load(monkeypatch):
-    import moelight.expert_bias as expert_bias
+    import moelight.moe.expert_bias as expert_bias
 
     router = build(method="bias", bias_update_rate=1.0).train()
     # Pretend another rank saw E*T tokens all on expert 5: the global load makes 5 the only

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from moelight.collaboration import collaborators_from_counts, is_collaborator_list
+from moelight.c2r.collaboration import collaborators_from_counts, is_collaborator_list
+from moelight.c2r.partition import distinct_devices
 from moelight.errors import MoelightError
-from moelight.partition import distinct_devices
 
 # ---- interconnects --------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ def c2r_placement_rows(device_of: torch.Tensor, k: int, samples: int = 4096, see
     Runs the real router on random hidden states over this placement; None when a device holds
     fewer than k experts (C2R placement needs the k experts on one device).
     """
-    from moelight.layer_context import LayerContext
+    from moelight.moe.layer_context import LayerContext
     from moelight.registry import routers
 
     smallest = min(group_sizes(device_of))

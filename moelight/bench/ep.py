@@ -42,7 +42,7 @@ from moelight.bench.link import (
     expert_gemm_flops,
 )
 from moelight.bench.timing import interleaved, paired_speedups, quantile, summarize
-from moelight.dispatch import ExpertParallelContext
+from moelight.moe.dispatch import ExpertParallelContext
 from moelight.parallel.all_to_all import COMM
 from moelight.recipe import Recipe, load_recipe
 

@@ -16,10 +16,10 @@ from moelight.bench.candidates import Candidate, parse_router, resolve_baseline,
 from moelight.bench.presets import LayerShape
 from moelight.bench.reference import GEMM_ONLY, HF_LOOP, HFLoopDispatcher, sort_rows
 from moelight.bench.timing import interleaved, paired_results
-from moelight.dispatch import ExpertParallelContext
-from moelight.experts import ExpertWeights
-from moelight.layer_context import LayerContext
 from moelight.model.moe_layer import MoELayer
+from moelight.moe.dispatch import ExpertParallelContext
+from moelight.moe.experts import ExpertWeights
+from moelight.moe.layer_context import LayerContext
 from moelight.registry import dispatchers, routers
 
 REFERENCE = "sorted"

@@ -174,7 +174,7 @@ def expert_gemm_flops(
 ) -> float:
     """Achieved FLOP/s of the expert SwiGLU (forward + backward), `rows` rows over `num_local`
     experts, on this process's torch threads: 18 x rows x hidden x ffn FLOPs per repeat."""
-    from moelight.experts import ExpertWeights
+    from moelight.moe.experts import ExpertWeights
 
     experts = ExpertWeights(list(range(num_local)), hidden, ffn).to(dtype)
     x = torch.randn(rows, hidden, dtype=dtype, requires_grad=True)

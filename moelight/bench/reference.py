@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moelight.dispatch import DispatchStats
-from moelight.experts import ExpertWeights
-from moelight.layer_context import LayerContext
-from moelight.routing import Routing
+from moelight.moe.dispatch import DispatchStats
+from moelight.moe.experts import ExpertWeights
+from moelight.moe.layer_context import LayerContext
+from moelight.moe.routing import Routing
 
 HF_LOOP = "hf-loop"
 GEMM_ONLY = "gemm-only"

@@ -28,13 +28,13 @@ SUBCOMMANDS = ("import", "export")
 
 
 def _archs() -> str:
-    from moelight.hf.common import architectures
+    from moelight.hf.architectures import architectures
 
     return ", ".join(architectures())
 
 
 def _dtype(value: str | bool | None):
-    from moelight.hf.common import DTYPES
+    from moelight.hf.convert_dirs import DTYPES
 
     if value in (None, "keep"):
         return None
@@ -78,7 +78,7 @@ def run(argv: list[str]) -> int:
             raise MoelightError(
                 "convert import reads the architecture and router from config.json: drop --arch/--recipe/--router"
             )
-        from moelight.hf.common import import_to_dir
+        from moelight.hf.convert_dirs import import_to_dir
 
         result = import_to_dir(args.recipe, out, dtype=dtype, force=force)
         m = result.imported.model
@@ -100,7 +100,7 @@ def run(argv: list[str]) -> int:
         return 0
 
     arch = _require(args.flags, "--arch", sub)
-    from moelight.hf.common import export_from_checkpoint
+    from moelight.hf.convert_dirs import export_from_checkpoint
     from moelight.hf.router_swap import as_topk, record_dropped
 
     swapped: list[tuple[dict, dict]] = []

@@ -102,16 +102,15 @@ def profile(
     quiet: bool = False,
 ) -> int:
     """The `moelight profile` verb as a function (the benchmark calls it directly)."""
-    from moelight.data.datamodule import MoEDataModule
-    from moelight.model.build import moe_layer_indices
-    from moelight.plots import coactivation_grid, concentration_plot
-    from moelight.profiling import (
+    from moelight.c2r.plots import coactivation_grid, concentration_plot
+    from moelight.c2r.profiling import (
         concentration_curve,
         load_checkpoint,
         profile_model,
         save_profile,
         write_placements,
     )
+    from moelight.data.datamodule import MoEDataModule
 
     say = (lambda *a, **k: None) if quiet else console.print
     loaded = load_checkpoint(checkpoint, overrides)
@@ -125,7 +124,7 @@ def profile(
     start = time.perf_counter()
     result = profile_model(loaded.model, datamodule.val_dataloader(), max_tokens=max_tokens)
     wall = time.perf_counter() - start
-    layers = moe_layer_indices(recipe)
+    layers = recipe.model.moe_layers
     meta = {
         "checkpoint": str(checkpoint),
         "data": {"source": recipe.data.source, "split": "validation", "seq_len": recipe.data.seq_len},

@@ -56,7 +56,7 @@ def load_eval_model(
 ) -> EvalModel:
     """A checkpoint (.ckpt, sharded expert-parallel directory, converted directory) with the router
     of its recipe (C2R stays C2R), all experts in this process, in eval mode on `device`."""
-    from moelight.profiling import load_checkpoint
+    from moelight.c2r.profiling import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, overrides, recipe_path=recipe)
     tokenizer = load_tokenizer(loaded.recipe.data.tokenizer)

@@ -19,8 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from moelight.errors import MoelightError
-from moelight.hf.common import Architecture, Entry, common_hf_fields, common_model_fields, require
+from moelight.hf.architecture import Architecture, Entry
+from moelight.hf.config_fields import common_hf_fields, common_model_fields, require
 from moelight.recipe import ModelConfig
+from moelight.registry import routers
 
 SRC = "llama_moe config.json"
 # Fields whose value moelight implements only as this one setting; anything else changes the model.
@@ -240,8 +242,6 @@ class LlamaMoe(Architecture):
 
 def _router_params(router: dict[str, Any] | None) -> dict[str, Any]:
     """The router section with its plugin's defaults filled in (gate_network, noise, ...)."""
-    from moelight.registry import routers
-
     if router is None:
         router = {"name": "balanced"}
     name = router.get("name")

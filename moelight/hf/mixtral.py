@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from moelight.errors import MoelightError
-from moelight.hf.common import (
-    Architecture,
+from moelight.hf.architecture import Architecture
+from moelight.hf.config_fields import (
     aux_coef_to_hf,
     aux_coef_to_moelight,
     common_hf_fields,
     every_layer_moe_fields,
-    topk_router_of,
 )
+from moelight.hf.router_swap import topk_router_of
 from moelight.recipe import ModelConfig
 
 

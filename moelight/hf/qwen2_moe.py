@@ -10,17 +10,16 @@ from typing import Any
 import torch
 
 from moelight.errors import MoelightError
-from moelight.hf.common import (
-    Architecture,
+from moelight.hf.architecture import Architecture
+from moelight.hf.config_fields import (
     aux_coef_to_hf,
     aux_coef_to_moelight,
     common_hf_fields,
     common_model_fields,
-    moe_layers,
     require,
-    topk_router_of,
 )
-from moelight.recipe import ModelConfig
+from moelight.hf.router_swap import topk_router_of
+from moelight.recipe import ModelConfig, moe_layer_indices
 
 
 class Qwen2Moe(Architecture):
@@ -40,7 +39,7 @@ class Qwen2Moe(Architecture):
         if not hf_moe:
             raise MoelightError(f"{src}: decoder_sparse_step/mlp_only_layers leave no MoE layer")
         # moelight places an MoE FFN every n-th layer; any HF layout that equals one such n is fine.
-        every = next((n for n in range(1, n_layers + 1) if moe_layers(n_layers, n) == hf_moe), None)
+        every = next((n for n in range(1, n_layers + 1) if moe_layer_indices(n_layers, n) == hf_moe), None)
         if every is None:
             raise MoelightError(
                 f"{src}: unsupported MoE layer layout: decoder_sparse_step={step}, mlp_only_layers={mlp_only} "
@@ -94,7 +93,7 @@ class Qwen2Moe(Architecture):
         if model.head_dim and model.head_dim * model.n_heads != model.hidden_size:
             raise MoelightError(f"--arch {arch}: Qwen2-MoE needs head_dim = hidden_size / n_heads")
         values, warnings = topk_router_of(router, arch, model.top_k)
-        n_moe = len(moe_layers(model.n_layers, model.moe_every))
+        n_moe = len(model.moe_layers)
         config = common_hf_fields(model) | {
             "intermediate_size": model.ffn_hidden_size,
             "moe_intermediate_size": model.expert_ffn_hidden_size,

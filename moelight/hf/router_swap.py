@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from moelight.errors import MoelightError
+from moelight.registry import routers
 
 # Router fields a plain top-k gate has: kept when the rest of the router is dropped.
 TOPK_FIELDS = ("score", "renormalize", "aux_loss_coef", "z_loss_coef")
@@ -29,8 +30,6 @@ def refuse_routing_change(name: str | None, arch: str, top_k: int) -> None:
 
 def as_topk(router: dict[str, Any]) -> dict[str, Any]:
     """The top-k router section closest to `router` (its score function and weighting)."""
-    from moelight.registry import routers
-
     if router.get("name") == "topk":
         return dict(router)
     _, params = routers.params(router, "router")
@@ -63,3 +62,28 @@ def record_dropped(out_dir: str | Path, original: dict[str, Any], exported: dict
     config[RECORD_KEY] = {"router_dropped": original, "router_exported": exported, "note": note}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return note
+
+
+EXPORTABLE_ROUTERS = ("topk",)
+
+
+def topk_router_of(
+    router: dict[str, Any], arch: str, top_k: int, *, renormalize_fixed: bool | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """Check a router section can be expressed as HF's softmax top-k; return (params, warnings)."""
+    name = router.get("name")
+    if name not in EXPORTABLE_ROUTERS:
+        refuse_routing_change(name, arch, top_k)
+    _, params = routers.params(router, "router")
+    values = params.model_dump()
+    warnings: list[str] = []
+    if values.get("score", "softmax") != "softmax":
+        raise MoelightError(f"--arch {arch}: the router scores with {values['score']}; {arch} uses softmax")
+    if renormalize_fixed is not None and bool(values.get("renormalize", False)) != renormalize_fixed:
+        raise MoelightError(
+            f"--arch {arch}: {arch} always uses renormalize={renormalize_fixed} for the top-k weights, "
+            f"the model's router has renormalize={values.get('renormalize')}"
+        )
+    values.setdefault("renormalize", False)
+    values.setdefault("aux_loss_coef", 0.0)
+    return values, warnings

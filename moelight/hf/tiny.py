@@ -7,11 +7,13 @@ hide mapping mistakes), and router weights are spread enough that top-k choices 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 TINY_VOCAB = 320  # >= the tiny tokenizer's 259 ids
 
@@ -166,10 +168,6 @@ def make_tiny_llama_moe_checkpoint(
     `top_t` and `collaborative_list` add the C2R paper's fields. Noise weights are random (not
     LLaMA-MoE's zeros) so that a mapping mistake shows.
     """
-    import json
-
-    from safetensors.torch import save_file
-
     hidden, heads, size, vocab = 32, 4, 16, TINY_VOCAB
     gen = torch.Generator().manual_seed(seed)
 

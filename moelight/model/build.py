@@ -4,26 +4,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from moelight.dispatch import ExpertParallelContext
-from moelight.experts import ExpertWeights, named_expert_parameters
-from moelight.layer_context import LayerContext
+from moelight.c2r.placement import resolve_placement
 from moelight.model.moe_layer import MoELayer
 from moelight.model.transformer import MoETransformer, SwiGLU
-from moelight.placement import resolve_placement
+from moelight.moe.dispatch import ExpertParallelContext
+from moelight.moe.experts import ExpertWeights, named_expert_parameters
+from moelight.moe.layer_context import LayerContext
 from moelight.recipe import Recipe
 from moelight.registry import dispatchers, routers
 
 
-def moe_layer_indices(recipe: Recipe) -> list[int]:
-    return [i for i in range(recipe.model.n_layers) if recipe.model.is_moe_layer(i)]
-
-
 def layer_contexts(recipe: Recipe) -> list[LayerContext]:
     """One LayerContext per MoE layer, with its placement and collaboration profile."""
-    from moelight.collaboration import load_collaboration
+    from moelight.c2r.collaboration import load_collaboration
 
     cfg = recipe.model
-    indices = moe_layer_indices(recipe)
+    indices = recipe.model.moe_layers
     placement = resolve_placement(
         recipe.parallel.placement, len(indices), cfg.num_experts, recipe.parallel.expert_parallel
     )

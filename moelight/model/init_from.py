@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from moelight.errors import MoelightError
-from moelight.experts import ExpertWeights
+from moelight.moe.experts import ExpertWeights
 
 MODEL_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
 CKPT_PREFIX = "model."  # the training module holds the transformer as `self.model`
 
 
-def _first(names: list[str], n: int = 5) -> str:
+def first_names(names: list[str], n: int = 5) -> str:
     more = f" (and {len(names) - n} more)" if len(names) > n else ""
     return ", ".join(names[:n]) + more
 
@@ -110,11 +110,11 @@ def load_init_weights(model: nn.Module, path: str) -> None:
     ]
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)} weight(s): {_first(missing)}")
+        problems.append(f"missing {len(missing)} weight(s): {first_names(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected weight(s): {_first(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected weight(s): {first_names(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatch: {_first(mismatched, 3)}")
+        problems.append(f"shape mismatch: {first_names(mismatched, 3)}")
     if problems:
         raise MoelightError(
             f"model.init_from {path}: the weights do not fit the recipe's model ({'; '.join(problems)})"

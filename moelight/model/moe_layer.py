@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from moelight.dispatch import Dispatcher
-from moelight.experts import ExpertWeights
-from moelight.layer_context import LayerContext
-from moelight.routing import Router, Routing
+from moelight.moe.dispatch import Dispatcher
+from moelight.moe.experts import ExpertWeights
+from moelight.moe.layer_context import LayerContext
+from moelight.moe.routing import Router, Routing
 
 
 class MoELayer(nn.Module):

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from moelight.errors import MoelightError
-from moelight.experts import ExpertWeights
+from moelight.moe.experts import ExpertWeights
 from moelight.training.checkpoint_io import publish
 
 FORMAT_VERSION = 1

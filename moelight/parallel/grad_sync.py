@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from moelight.experts import named_expert_parameters
+from moelight.moe.experts import named_expert_parameters
 
 
 def expert_parameters(module: nn.Module) -> dict[str, nn.Parameter]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from moelight.dispatch import ExpertParallelContext
 from moelight.errors import ConfigError
+from moelight.moe.dispatch import ExpertParallelContext
 
 
 def check_world_size(world_size: int, expert_parallel: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from moelight.dispatch import ExpertParallelContext
+from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe
 
 

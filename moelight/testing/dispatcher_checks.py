@@ -12,11 +12,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from moelight.dispatch import Dispatcher
-from moelight.experts import ExpertWeights
-from moelight.layer_context import LayerContext
+from moelight.moe.dispatch import Dispatcher
+from moelight.moe.experts import ExpertWeights
+from moelight.moe.layer_context import LayerContext
+from moelight.moe.routing import Routing
 from moelight.registry import dispatchers
-from moelight.routing import Routing
 from moelight.testing._resolve import plugin_class, plugin_params, require
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 3e-2, torch.float16: 1e-2}

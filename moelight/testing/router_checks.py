@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from moelight.collaboration import collaborators_from_counts
-from moelight.layer_context import LayerContext
+from moelight.c2r.collaboration import collaborators_from_counts
+from moelight.moe.layer_context import LayerContext
+from moelight.moe.routing import Router, Routing
 from moelight.registry import routers
-from moelight.routing import Router, Routing
 from moelight.testing._resolve import plugin_class, plugin_params, require
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from moelight.collaboration import coactivation_counts, concentration
+from moelight.c2r.collaboration import coactivation_counts, concentration
 from moelight.model.moe_layer import MoELayer
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from moelight.dispatch import ExpertParallelContext
 from moelight.model.build import build_model
+from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
 from moelight.training.optim import build_optimizer

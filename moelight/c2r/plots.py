@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # before pyplot: headless machines and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from moelight.collaboration import off_diagonal  # noqa: E402
+from moelight.c2r.collaboration import off_diagonal  # noqa: E402
 
 # Curves that coincide (e.g. top-k and C2R with T = E-1) stay visible with distinct dashes/markers.
 _STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "x"), ("-.", "P")]

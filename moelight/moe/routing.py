@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from moelight.layer_context import LayerContext
+from moelight.moe.layer_context import LayerContext
 
 
 class PluginParams(BaseModel):

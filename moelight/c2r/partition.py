@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from moelight.collaboration import off_diagonal
+from moelight.c2r.collaboration import off_diagonal
 from moelight.errors import MoelightError
 
 # Up to this many balanced partitions per layer, all are scored (exact); beyond, the heuristic.

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from moelight.router_losses import expert_counts
+from moelight.moe.router_losses import expert_counts
 
 BUFFER = "expert_bias"
 

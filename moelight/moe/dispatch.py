@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from moelight.errors import ConfigError
-from moelight.experts import ExpertWeights
-from moelight.layer_context import LayerContext
-from moelight.routing import PluginParams, Routing
+from moelight.moe.experts import ExpertWeights
+from moelight.moe.layer_context import LayerContext
+from moelight.moe.routing import PluginParams, Routing
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from moelight.routing import Routing
+from moelight.moe.routing import Routing
 
 Score = Literal["softmax", "sigmoid"]
 # How the smooth load decides whether an expert is "in" the top k (see `smooth_load`).

@@ -23,7 +23,7 @@ DIR/profile.json — metadata and summary: format/version, the checkpoint, its r
   and token count, shapes, the mean concentration curve, specialization, load CV, the LM loss
   over the profiled tokens, and per placement (`--devices N`) the kept co-activation share and
   expected devices per token, optimised vs contiguous.
-DIR/placement-N.json — collaboration-aware placements (moelight/placement.py format).
+DIR/placement-N.json — collaboration-aware placements (moelight/c2r/placement.py format).
 DIR/coactivation.png, DIR/concentration.png — plots.
 
 Counting is per token over every profiled token (the sum of per-batch
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from moelight.collaboration import (
+from moelight.c2r.collaboration import (
     PROFILE_META,
     PROFILE_TENSORS,
     coactivation_counts,
@@ -375,7 +375,7 @@ def histogram_from_tensors(tensors: dict[str, torch.Tensor]) -> tuple[list[torch
 
 # ---- placement ---------------------------------------------------------------------------
 
-PLACEMENT_METHOD = "exact search or greedy + Kernighan-Lin (moelight/partition.py)"
+PLACEMENT_METHOD = "exact search or greedy + Kernighan-Lin (moelight/c2r/partition.py)"
 
 
 def placement_file(out_dir: str | Path, num_devices: int) -> Path:
@@ -386,8 +386,8 @@ def write_placements(artifact: str | Path, devices: Sequence[int]) -> dict[str, 
     """From an artifact's counts: DIR/placement-N.json for each N in `devices`, and their
     statistics (kept co-activation share, expected devices per token — optimised and
     contiguous) added to DIR/profile.json under "placements". Returns those statistics."""
-    from moelight.partition import expected_devices_per_token, kept_share, optimize_placement
-    from moelight.placement import contiguous_placement, save_placement
+    from moelight.c2r.partition import expected_devices_per_token, kept_share, optimize_placement
+    from moelight.c2r.placement import contiguous_placement, save_placement
 
     tensors, meta = read_profile(artifact)
     out = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent

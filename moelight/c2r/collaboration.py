@@ -82,7 +82,7 @@ def concentration(counts: torch.Tensor, t: int) -> float:
 
 
 # A `moelight profile` artifact: a directory holding PROFILE_TENSORS (safetensors) and
-# PROFILE_META (JSON); moelight/profiling.py writes it and documents every tensor.
+# PROFILE_META (JSON); moelight/c2r/profiling.py writes it and documents every tensor.
 PROFILE_TENSORS = "profile.safetensors"
 PROFILE_META = "profile.json"
 

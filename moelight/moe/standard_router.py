@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from moelight.router_losses import Score, standard_routing
-from moelight.routing import PluginParams, Routing
+from moelight.moe.router_losses import Score, standard_routing
+from moelight.moe.routing import PluginParams, Routing
 
 
 class StandardRoutingParams(PluginParams):
