@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _plots(runs: dict[str, dict[str, Any]], seeds: list[int], docs: Path) -> None:
     from moelight.c2r.plots import bar_plot, coactivation_grid, concentration_plot, line_plot
-    from moelight.c2r.profiling import read_profile
+    from moelight.c2r.profile_file import read_profile
 
     concentration_plot(
         {name: r["metrics"]["concentration"] for name, r in runs.items()},

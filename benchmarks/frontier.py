@@ -114,7 +114,7 @@ def _profile(ckpt: Path, out_dir: Path, reuse: bool, max_tokens: int | None) -> 
 
 def _devices_per_token(profile_dir: Path, placement) -> float:
     from moelight.c2r.partition import expected_devices_per_token
-    from moelight.c2r.profiling import histogram_from_tensors, read_profile
+    from moelight.c2r.profile_file import histogram_from_tensors, read_profile
 
     tensors, _ = read_profile(profile_dir)
     sets, counts = histogram_from_tensors(tensors)
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 def _write_placement_lists(base_profile: Path, layers: int, e: int) -> dict[int, Path]:
     """Collaborator lists that follow the base placement on P devices, as .npy profiles."""
     from moelight.c2r.placement_collaborators import placement_collaborator_lists
-    from moelight.c2r.profiling import read_profile
+    from moelight.c2r.profile_file import read_profile
 
     tensors, _ = read_profile(base_profile)
     paths = {}

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from moelight.checkpoint.sharded import MARKER_FILE, read_tensors, write_consolidated
 from moelight.errors import MoelightError
-from moelight.parallel.checkpoint import MARKER_FILE, consolidate, read_tensors
 from moelight.recipe import load_recipe
 
 TESTS = Path(__file__).parent
@@ -77,7 +77,7 @@ def test_two_ranks_train_like_one_process(p1, p2):
     assert losses(p2) == pytest.approx(losses(p1), rel=1e-5)
     assert (p2 / "final.ckpt" / MARKER_FILE).is_file(), "P=2 saves a sharded directory"
     single = torch.load(p1 / "final.ckpt", weights_only=False)
-    sharded = torch.load(consolidate(p2 / "final.ckpt", p2 / "full.ckpt"), weights_only=False)
+    sharded = torch.load(write_consolidated(p2 / "final.ckpt", p2 / "full.ckpt"), weights_only=False)
     assert sharded["global_step"] == single["global_step"] == STEPS
     assert_same_state(sharded, single, tol=1e-5)
 

@@ -11,10 +11,10 @@ import torch
 
 from moelight.c2r.collaboration import collaborators_from_counts, load_collaboration
 from moelight.c2r.placement import load_placement
+from moelight.c2r.profile_file import read_profile
 from moelight.c2r.profiling import (
     load_checkpoint,
     profile_model,
-    read_profile,
     save_profile,
     write_placements,
 )

@@ -42,9 +42,15 @@ from moelight.bench.link import (
     expert_gemm_flops,
 )
 from moelight.bench.timing import interleaved, paired_speedups, quantile, summarize
+from moelight.data.datamodule import MoEDataModule
+from moelight.errors import MoelightError
+from moelight.model.build import build_model, layer_contexts
 from moelight.moe.dispatch import ExpertParallelContext
-from moelight.parallel.all_to_all import COMM
+from moelight.parallel.all_to_all import COMM, all_to_all_counts
+from moelight.parallel.grad_sync import clip_by_global_norm, expert_parameters, reduce_expert_grads
+from moelight.parallel.groups import build_groups
 from moelight.recipe import Recipe, load_recipe
+from moelight.training.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "recipes" / "profiles" / "quickstart-topk"
@@ -56,10 +62,6 @@ class Candidate:
     """One configuration's model, optimizer and batch stream on this rank."""
 
     def __init__(self, recipe: Recipe, groups, ep: ExpertParallelContext, batches: list):
-        from moelight.model.build import build_model
-        from moelight.parallel.grad_sync import expert_parameters
-        from moelight.training.optim import build_optimizer
-
         torch.manual_seed(recipe.seed)  # the same initial model for every configuration
         model = build_model(recipe, ep)
         self.experts = list(expert_parameters(model).values())
@@ -76,8 +78,6 @@ class Candidate:
         self.i = 0
 
     def step(self) -> None:
-        from moelight.parallel.grad_sync import clip_by_global_norm, reduce_expert_grads
-
         x, y = self.batches[self.i % len(self.batches)]
         self.i += 1
         logits = self.ddp(x)
@@ -107,8 +107,6 @@ class Candidate:
 
 def batches_for_rank(recipe: Recipe, world: int, rank: int, count: int) -> list:
     """This rank's share of the recipe's first `count` global batches (the training order)."""
-    from moelight.data.datamodule import MoEDataModule
-
     data = MoEDataModule(recipe.data, seed=recipe.seed)
     sampler = iter(data.train_sampler(world, rank))
     out = []
@@ -189,8 +187,6 @@ def _gather(values: list[float]) -> torch.Tensor:
 def _call_overhead_ms(group, world: int, calls: int = 40) -> float:
     """Median ms of a tiny all_to_all on `group` (unshaped, no latency, ranks in step): what gloo
     and the shared CPU add to every call on top of the emulated latency."""
-    from moelight.parallel.all_to_all import all_to_all_counts
-
     counts = torch.ones(world, dtype=torch.long)
     times = []
     for _ in range(calls):
@@ -226,7 +222,6 @@ def worker(rank: int, port: int, args: Args, out_file: str) -> None:
         world_size=world,
         timeout=timedelta(minutes=10),
     )
-    from moelight.parallel.groups import build_groups
 
     groups = build_groups(world, "cpu")
     ep = ExpertParallelContext(rank=groups.ep.rank, size=world, group=_shaped_group(store, rank, world))
@@ -331,8 +326,6 @@ def run(args: Args) -> dict[str, Any]:
 
     base = load_recipe(args.recipe, args.overrides)
     if base.model.num_experts % args.procs:
-        from moelight.errors import MoelightError
-
         raise MoelightError(f"--procs {args.procs} must divide model.num_experts ({base.model.num_experts})")
     if any(link != "none" for link in args.links):
         netns.setup_loopback()
@@ -358,8 +351,6 @@ def predicted_ms(
 
     The link's latency per call is the emulated one plus gloo's measured per-call overhead on
     this machine (`overhead_ms`), which the emulation cannot remove."""
-    from moelight.model.build import layer_contexts
-
     m = recipe.model
     layers = len(layer_contexts(recipe))
     remote_per_layer = counters["remote_rows"] / (steps * procs * layers)

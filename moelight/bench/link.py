@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from moelight.errors import MoelightError
+from moelight.moe.experts import ExpertWeights
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,6 @@ def expert_gemm_flops(
 ) -> float:
     """Achieved FLOP/s of the expert SwiGLU (forward + backward), `rows` rows over `num_local`
     experts, on this process's torch threads: 18 x rows x hidden x ffn FLOPs per repeat."""
-    from moelight.moe.experts import ExpertWeights
-
     experts = ExpertWeights(list(range(num_local)), hidden, ffn).to(dtype)
     x = torch.randn(rows, hidden, dtype=dtype, requires_grad=True)
     counts = torch.full((num_local,), rows // num_local, dtype=torch.long)

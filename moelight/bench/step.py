@@ -18,8 +18,10 @@ from moelight.bench.candidates import Candidate, resolve_baseline, resolve_devic
 from moelight.bench.reference import GEMM_ONLY, HF_LOOP, HFLoopDispatcher
 from moelight.bench.timing import interleaved, paired_results
 from moelight.errors import MoelightError
+from moelight.model.build import build_model
 from moelight.model.transformer import MoETransformer
 from moelight.recipe import Recipe
+from moelight.training.optim import build_optimizer
 
 
 def _precision(recipe: Recipe, device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
@@ -39,8 +41,6 @@ def _precision(recipe: Recipe, device: torch.device) -> tuple[torch.dtype | None
 
 
 def build_candidate_model(recipe: Recipe, cand: Candidate, device: torch.device) -> MoETransformer:
-    from moelight.model.build import build_model
-
     if cand.name == GEMM_ONLY:
         raise MoelightError("'gemm-only' times expert GEMMs alone: use it with `moelight bench layer`")
     spec = {"name": "sorted"} if cand.name == HF_LOOP else cand.spec
@@ -63,8 +63,6 @@ def bench_step(
     warmup: int = 2,
     device: str = "auto",
 ) -> dict[str, Any]:
-    from moelight.training.optim import build_optimizer
-
     dev = resolve_device(device)
     labels, baseline = resolve_baseline(candidates, baseline)
     param_dtype, autocast_dtype = _precision(recipe, dev)

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moelight.c2r.file_cache import cached_by_file
+from moelight.c2r.profile_file import profile_artifact_file, read_profile_tensors
 from moelight.errors import ConfigError
 
 FIELD = "profile.path"
@@ -81,40 +83,6 @@ def concentration(counts: torch.Tensor, t: int) -> float:
     return float((top[active] / total[active]).mean())
 
 
-# A `moelight profile` artifact: a directory holding PROFILE_TENSORS (safetensors) and
-# PROFILE_META (JSON); moelight/c2r/profiling.py writes it and documents every tensor.
-PROFILE_TENSORS = "profile.safetensors"
-PROFILE_META = "profile.json"
-
-
-def profile_artifact_file(path: str | Path) -> Path | None:
-    """The safetensors file of a profile artifact named by `path` (its directory or the file
-    itself), or None when `path` is not an artifact (e.g. a .npy/.json array)."""
-    p = Path(path)
-    if p.is_dir():
-        return p / PROFILE_TENSORS
-    if p.suffix.lower() == ".safetensors":
-        return p
-    return None
-
-
-def read_profile_tensors(path: str | Path, field: str = FIELD) -> dict[str, torch.Tensor]:
-    """All tensors of a profile artifact (directory or .safetensors file), or a ConfigError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    file = profile_artifact_file(path)
-    if file is None:
-        raise ConfigError(field, f"{path} is not a profile artifact (a directory or a .safetensors file)")
-    if not file.is_file():
-        where = f"{path} has no {PROFILE_TENSORS}" if Path(path).is_dir() else f"{path} not found"
-        raise ConfigError(field, f"{where} (make one with `moelight profile CHECKPOINT --out DIR`)")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(field, f"cannot read profile artifact {file}: {exc}") from None
-
-
 def _load_artifact(path: str, num_layers: int, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     tensors = read_profile_tensors(path)
     missing = [k for k in ("collaborators", "coactivation") if k not in tensors]
@@ -177,6 +145,7 @@ def _read_array(path: str) -> np.ndarray:
     return arr
 
 
+@cached_by_file
 def load_collaboration(
     path: str, num_layers: int, num_experts: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moelight.c2r.file_cache import cached_by_file
 from moelight.errors import ConfigError
 
 FIELD = "parallel.placement"
@@ -58,6 +59,7 @@ def check_balanced(devices: torch.Tensor, num_devices: int, where: str) -> None:
         )
 
 
+@cached_by_file
 def load_placement(path: str, num_layers: int, num_experts: int, num_devices: int) -> torch.Tensor:
     p = Path(path)
     if not p.is_file():

@@ -1,30 +1,8 @@
 """Collaboration profiling: run a trained model over a corpus and count how experts co-activate.
 
-The artifact (`moelight profile CHECKPOINT --out DIR`) is a directory:
-
-DIR/profile.safetensors — tensors, L = MoE layers (in model order), E = experts, k = top-k:
-  coactivation       int64 [L, E, E]  tokens routed to both i and j (symmetric, zero diagonal)
-  load               int64 [L, E]     tokens routed to each expert
-  collaborators      int64 [L, E, E]  row i: the other experts by decreasing co-activation with i
-                                      (ties: lower id first), i itself last — what the c2r router
-                                      reads through `profile.path`
-  concentration      float64 [L, E-1] column T-1: mean over experts of the share of an expert's
-                                      co-activations held by its top-T collaborators
-  specialization     float64 [L, E]   1 - normalised entropy of expert i's collaboration
-                                      distribution p_ij = C_ij / sum_j C_ij: 0 = collaborates
-                                      evenly with all E-1 others, 1 = with one only; NaN for an
-                                      expert with no co-activation
-  expert_sets        int64 [L, S, k]  every distinct set of experts a token was routed to
-                                      (sorted ids; padded with -1 where a layer has fewer sets)
-  expert_set_counts  int64 [L, S]     tokens per set (0 on padding): the exact routing histogram,
-                                      from which the expected devices per token of any
-                                      placement is computed exactly
-DIR/profile.json — metadata and summary: format/version, the checkpoint, its recipe, the data
-  and token count, shapes, the mean concentration curve, specialization, load CV, the LM loss
-  over the profiled tokens, and per placement (`--devices N`) the kept co-activation share and
-  expected devices per token, optimised vs contiguous.
-DIR/placement-N.json — collaboration-aware placements (moelight/c2r/placement.py format).
-DIR/coactivation.png, DIR/concentration.png — plots.
+The artifact (`moelight profile CHECKPOINT --out DIR`) is a directory; its format, reader and
+writer are `moelight/c2r/profile_file.py`. DIR/placement-N.json (moelight/c2r/placement.py format)
+and the plots DIR/coactivation.png, DIR/concentration.png are written beside it.
 
 Counting is per token over every profiled token (the sum of per-batch
 `coactivation_counts`), so it does not depend on the batch size; `max_tokens` cuts the last
@@ -33,7 +11,6 @@ batch at exactly that many tokens.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,20 +20,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from moelight.c2r.collaboration import (
-    PROFILE_META,
+from moelight.c2r.collaboration import coactivation_counts, collaborators_from_counts, off_diagonal
+from moelight.c2r.partition import expected_devices_per_token, kept_share, optimize_placement
+from moelight.c2r.placement import contiguous_placement, save_placement
+from moelight.c2r.profile_file import (
     PROFILE_TENSORS,
-    coactivation_counts,
-    collaborators_from_counts,
-    off_diagonal,
-    read_profile_tensors,
+    histogram_from_tensors,
+    read_profile,
+    write_profile,
+    write_profile_meta,
 )
 from moelight.errors import MoelightError
-from moelight.recipe import Recipe
-
-FORMAT = "moelight-profile"
-VERSION = 1
-
+from moelight.model.build import build_model, layer_contexts
+from moelight.model.init_from import read_checkpoint
+from moelight.recipe import Recipe, merge, parse_overrides, read_recipe_dict, validate_recipe
+from moelight.registry import routers
 
 # ---- counting ---------------------------------------------------------------------------
 
@@ -229,9 +207,6 @@ def _single_process_model(recipe: Recipe) -> torch.nn.Module:
     Routers are built from the recipe's own contexts (its placement matters to
     `c2r` with `collaborators: placement`); experts and dispatch run locally (`sorted`).
     """
-    from moelight.model.build import build_model, layer_contexts
-    from moelight.registry import routers
-
     contexts = layer_contexts(recipe)
     if recipe.parallel.expert_parallel == 1:
         return build_model(recipe, contexts=contexts)
@@ -256,8 +231,6 @@ def load_checkpoint(
     .ckpt, sharded expert-parallel directory, or a converted directory with its recipe.yaml).
     `recipe_path` replaces the recipe the checkpoint carries (needed for a bare .safetensors).
     """
-    from moelight.model.init_from import read_checkpoint
-    from moelight.recipe import merge, parse_overrides, read_recipe_dict, validate_recipe
 
     state, recipe_dict = read_checkpoint(path)
     if recipe_path is not None:
@@ -291,15 +264,8 @@ def load_checkpoint(
     return LoadedModel(recipe, model, str(path))
 
 
-# ---- the artifact -----------------------------------------------------------------------
-
-
 def save_profile(profile: Profile, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write DIR/profile.safetensors and DIR/profile.json; returns DIR."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     sets, set_counts = profile.expert_sets()
     tensors = {
         "coactivation": profile.coactivation,
@@ -310,14 +276,7 @@ def save_profile(profile: Profile, out_dir: str | Path, meta: dict[str, Any] | N
         "expert_sets": sets,
         "expert_set_counts": set_counts,
     }
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()},
-        str(out / PROFILE_TENSORS),
-        metadata={"format": FORMAT, "version": str(VERSION)},
-    )
     info = {
-        "format": FORMAT,
-        "version": VERSION,
         "num_layers": profile.num_layers,
         "num_experts": profile.num_experts,
         "top_k": profile.top_k,
@@ -327,50 +286,7 @@ def save_profile(profile: Profile, out_dir: str | Path, meta: dict[str, Any] | N
         **(meta or {}),
         "summary": profile.summary(),
     }
-    _write_meta(out, info)
-    return out
-
-
-def _write_meta(out: Path, info: dict[str, Any]) -> None:
-    (out / PROFILE_META).write_text(_dumps(_json_safe(info)) + "\n")
-
-
-def _dumps(value: Any, indent: int = 0) -> str:
-    """Indented JSON with lists of numbers on one line, so per-layer values read as rows."""
-    pad = " " * (indent + 1)
-    if isinstance(value, dict) and value:
-        items = [f"{pad}{json.dumps(k)}: {_dumps(v, indent + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        items = [f"{pad}{_dumps(v, indent + 1)}" for v in value]
-        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
-    return json.dumps(value, allow_nan=False)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (an expert or layer with no co-activation) becomes null: strict JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def read_profile(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, metadata) of an artifact; `path` is its directory or its .safetensors file."""
-    tensors = read_profile_tensors(path, field="profile")
-    p = Path(path)
-    meta_file = (p if p.is_dir() else p.parent) / PROFILE_META
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return tensors, meta
-
-
-def histogram_from_tensors(tensors: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-layer (sets [S, k], counts [S]) lists from an artifact's padded tensors."""
-    sets, counts = tensors["expert_sets"], tensors["expert_set_counts"]
-    return list(sets.unbind(0)), list(counts.unbind(0))
+    return write_profile(out_dir, tensors, info)
 
 
 # ---- placement ---------------------------------------------------------------------------
@@ -386,9 +302,6 @@ def write_placements(artifact: str | Path, devices: Sequence[int]) -> dict[str, 
     """From an artifact's counts: DIR/placement-N.json for each N in `devices`, and their
     statistics (kept co-activation share, expected devices per token — optimised and
     contiguous) added to DIR/profile.json under "placements". Returns those statistics."""
-    from moelight.c2r.partition import expected_devices_per_token, kept_share, optimize_placement
-    from moelight.c2r.placement import contiguous_placement, save_placement
-
     tensors, meta = read_profile(artifact)
     out = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
     counts = tensors["coactivation"]
@@ -429,5 +342,5 @@ def write_placements(artifact: str | Path, devices: Sequence[int]) -> dict[str, 
         stats[str(p)] = entry
     if meta:
         meta["placements"] = stats
-        _write_meta(out, meta)
+        write_profile_meta(out, meta)
     return stats

@@ -12,10 +12,10 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
+from moelight.checkpoint.files import check_checkpoint_file
 from moelight.cli.args import split_args
 from moelight.errors import MoelightError
 from moelight.recipe import Recipe, load_recipe
-from moelight.training.checkpoint_io import check_checkpoint_file
 from moelight.training.trainer import build_trainer, checkpoint_dir
 
 HELP = """usage: moelight fit [RECIPE.yaml] [key.path=value | --key.path value ...] [--resume last|PATH]
@@ -53,12 +53,12 @@ def resolve_resume(recipe: Recipe, resume: str | None) -> str | None:
 def resolve_sharded(recipe: Recipe, path: Path) -> str:
     """A sharded (expert-parallel) checkpoint directory: refuse it unless complete; without expert
     parallelism, Lightning loads ordinary files, so gather the shards into one (once, kept beside them)."""
-    from moelight.parallel.checkpoint import check_sharded, consolidated
+    from moelight.checkpoint.sharded import check_sharded, consolidated_file
 
     if recipe.parallel.expert_parallel > 1:
         check_sharded(path)
         return str(path)  # the expert_parallel strategy reads (and reshards) it
-    return str(consolidated(path))  # checks it too
+    return str(consolidated_file(path))  # checks it too
 
 
 def report_model(recipe: Recipe) -> None:

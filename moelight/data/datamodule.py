@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from moelight.errors import ConfigError
 
 from .corpus import Corpus, TokenSplit, build_corpus
+from .instruct import InstructDataset, build_instruct_corpus
 from .tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
 if TYPE_CHECKING:
@@ -178,8 +179,6 @@ class MoEDataModule(L.LightningDataModule):
             return
         cfg = self.config
         if cfg.format == "instruct":
-            from .instruct import build_instruct_corpus
-
             corpus = build_instruct_corpus(cfg, self.tokenizer)
         else:
             corpus = build_corpus(cfg, self.tokenizer)
@@ -210,8 +209,6 @@ class MoEDataModule(L.LightningDataModule):
             raise ConfigError(
                 "data.packing", "packing: false needs data.format: instruct (one conversation per row)"
             )
-        from .instruct import InstructDataset
-
         pad = self.tokenizer.padding_id
         return tuple(
             InstructDataset(corpus.meta[name], cfg.seq_len, self.vocab_size, packed=False, pad_id=pad)

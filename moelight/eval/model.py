@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from moelight.c2r.profiling import load_checkpoint
 from moelight.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from moelight.errors import MoelightError
 from moelight.recipe import Recipe
@@ -56,8 +57,6 @@ def load_eval_model(
 ) -> EvalModel:
     """A checkpoint (.ckpt, sharded expert-parallel directory, converted directory) with the router
     of its recipe (C2R stays C2R), all experts in this process, in eval mode on `device`."""
-    from moelight.c2r.profiling import load_checkpoint
-
     loaded = load_checkpoint(checkpoint, overrides, recipe_path=recipe)
     tokenizer = load_tokenizer(loaded.recipe.data.tokenizer)
     if tokenizer.vocab_size > loaded.recipe.model.vocab_size:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from moelight.errors import MoelightError
+from moelight.eval.paper import PAPER_SUITE
 
 # The project's own tasks (examples/eval-tasks in a checkout of the repository).
 LOCAL_TASK_DIR = Path(__file__).resolve().parents[2] / "examples" / "eval-tasks"
@@ -53,8 +54,6 @@ def include_paths(extra: list[str]) -> list[str]:
 
 def parse_tasks(spec: str, num_fewshot: int | None) -> list[TaskRun]:
     """`t1,t2,paper,...`: task names, with `paper` standing for the paper's suite (its own shots)."""
-    from moelight.eval.paper import PAPER_SUITE
-
     names = [t.strip() for t in spec.split(",") if t.strip()]
     if not names:
         raise MoelightError("--tasks needs at least one task name (e.g. --tasks moelight_local)")

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from moelight.errors import ConfigError
 from moelight.kernels._triton import HAS_TRITON
 
 KernelMode = Literal["auto", "triton", "torch"]
@@ -29,8 +30,6 @@ def select_impl(mode: KernelMode, device: torch.device) -> Literal["triton", "to
     if mode == "auto":
         return "triton" if device.type == "cuda" and HAS_TRITON else "torch"
     if mode == "triton" and not HAS_TRITON:
-        from moelight.errors import ConfigError
-
         raise ConfigError("dispatcher.kernels", "'triton' was asked for but triton is not installed")
     return mode
 

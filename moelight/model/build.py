@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from moelight.c2r.collaboration import load_collaboration
 from moelight.c2r.placement import resolve_placement
 from moelight.model.moe_layer import MoELayer
 from moelight.model.transformer import MoETransformer, SwiGLU
@@ -16,8 +17,6 @@ from moelight.registry import dispatchers, routers
 
 def layer_contexts(recipe: Recipe) -> list[LayerContext]:
     """One LayerContext per MoE layer, with its placement and collaboration profile."""
-    from moelight.c2r.collaboration import load_collaboration
-
     cfg = recipe.model
     indices = recipe.model.moe_layers
     placement = resolve_placement(

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from moelight.checkpoint.sharded import consolidated_file
 from moelight.errors import MoelightError
 from moelight.moe.experts import ExpertWeights
+from moelight.recipe import read_recipe_dict
 
 MODEL_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
@@ -28,8 +31,6 @@ def first_names(names: list[str], n: int = 5) -> str:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
@@ -41,17 +42,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     p = Path(path).expanduser()
     if p.is_dir() and (p / ".metadata").is_file():
         # An expert-parallel checkpoint: read its single-file form (all experts, in order).
-        from moelight.parallel.checkpoint import consolidated
-
-        p = consolidated(p)
+        p = consolidated_file(p)
     if p.is_dir():
         weights = p / MODEL_FILE
         if not weights.is_file():
             raise MoelightError(f"{p}: no {MODEL_FILE} (expected a `moelight convert import` directory)")
         recipe = None
         if (p / RECIPE_FILE).is_file():
-            from moelight.recipe import read_recipe_dict
-
             recipe = read_recipe_dict(p / RECIPE_FILE)
         return _load_safetensors(weights), recipe
     if not p.is_file():

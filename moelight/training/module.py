@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from moelight.model.build import build_model
+from moelight.model.init_from import load_init_weights
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
@@ -33,8 +34,6 @@ class MoELanguageModel(L.LightningModule):
         ep = getattr(self.trainer.strategy, "ep_context", None) if self._trainer else None
         self.model = build_model(self.recipe, ep or ExpertParallelContext())
         if self.recipe.model.init_from:
-            from moelight.model.init_from import load_init_weights
-
             load_init_weights(self.model, self.recipe.model.init_from)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,14 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from moelight.checkpoint.files import AtomicCheckpointIO
 from moelight.errors import MoelightError
+from moelight.parallel.strategy import ExpertParallelStrategy
 from moelight.recipe import Recipe
-from moelight.training.checkpoint_io import AtomicCheckpointIO
 from moelight.training.epochs import EpochBudget
 from moelight.training.progress import StepProgressBar
 from moelight.training.save_last import SaveLast
+from moelight.training.validate_ep import check_expert_parallel_recipe
 
 
 def checkpoint_dir(recipe: Recipe) -> Path:
@@ -36,9 +38,6 @@ def build_loggers(recipe: Recipe) -> list:
 
 def build_strategy(recipe: Recipe):
     if recipe.parallel.expert_parallel > 1:
-        from moelight.parallel.strategy import ExpertParallelStrategy
-        from moelight.parallel.validate import check_expert_parallel_recipe
-
         check_expert_parallel_recipe(recipe)  # before launch: one clean error, not one per rank
         return ExpertParallelStrategy(expert_parallel=recipe.parallel.expert_parallel)
     return "auto"

@@ -38,9 +38,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from moelight.checkpoint.files import publish
 from moelight.errors import MoelightError
-from moelight.moe.experts import ExpertWeights
-from moelight.training.checkpoint_io import publish
+from moelight.moe.experts import named_expert_parameters
 
 FORMAT_VERSION = 1
 META_FILE = "meta.pt"
@@ -62,12 +62,7 @@ def expert_key(fqn: str, gid: int) -> str:
 
 def expert_layout(module: nn.Module) -> dict[str, list[int]]:
     """State-dict name of every expert parameter -> the global ids of its rows."""
-    out = {}
-    for name, sub in module.named_modules():
-        if isinstance(sub, ExpertWeights):
-            for pname, _ in sub.named_parameters(recurse=False):
-                out[f"{name}.{pname}" if name else pname] = list(sub.global_ids)
-    return out
+    return {name: list(owner.global_ids) for name, _, owner in named_expert_parameters(module)}
 
 
 def optimizer_param_names(optimizer: torch.optim.Optimizer, module: nn.Module) -> list[list[str]]:
@@ -370,7 +365,7 @@ def localize_full(
     return out
 
 
-def consolidate(path: str | Path, out: str | Path) -> Path:
+def write_consolidated(path: str | Path, out: str | Path) -> Path:
     """Write a sharded directory as one ordinary Lightning checkpoint file (every expert, in order)."""
     path, out = Path(path), Path(out)
     meta = read_meta(path)
@@ -393,11 +388,11 @@ def consolidate(path: str | Path, out: str | Path) -> Path:
     return out
 
 
-def consolidated(path: str | Path) -> Path:
+def consolidated_file(path: str | Path) -> Path:
     """The single-file form of a complete sharded checkpoint, written once beside its shards."""
     path = Path(path)
     check_sharded(path)
     single = path / "consolidated.ckpt"
     if not single.is_file():
-        consolidate(path, single)
+        write_consolidated(path, single)
     return single
