@@ -92,7 +92,7 @@ def run_case(name, rank, group, rows, dtype, k, placement, rank_tokens=TOKENS, o
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     full, shards = make_case(name, rank_tokens, k, placement, dtype)
     ctx = LayerContext(
-        hidden_size=D, num_experts=E, top_k=k, layer_index=0, ffn_hidden_size=F, placement=placement
+        hidden_size=D, num_experts=E, top_k=k, layer_index=0, expert_hidden_size=F, placement=placement
     )
 
     # Reference: one process, every expert, every token.
@@ -100,7 +100,7 @@ def run_case(name, rank, group, rows, dtype, k, placement, rank_tokens=TOKENS, o
     e_all = torch.cat([s[1] for s in shards])
     w_all = torch.cat([s[2] for s in shards]).requires_grad_()
     g_all = torch.cat([s[3] for s in shards])
-    ref_ctx = LayerContext(hidden_size=D, num_experts=E, top_k=k, layer_index=0, ffn_hidden_size=F)
+    ref_ctx = LayerContext(hidden_size=D, num_experts=E, top_k=k, layer_index=0, expert_hidden_size=F)
     ref = dispatchers.build({"name": "sorted"}, ref_ctx, full)
     y_ref = ref(x_all, Routing(e_all, w_all, torch.zeros(len(e_all), E)))
     ref_grads = torch.autograd.grad(y_ref, [x_all, w_all, full.w1, full.v1, full.w2], g_all)
@@ -146,7 +146,7 @@ def run_c2r_case(rank, group, rows):
 
     k, placement = 2, shuffled()
     ctx = LayerContext(
-        hidden_size=D, num_experts=E, top_k=k, layer_index=0, ffn_hidden_size=F, placement=placement
+        hidden_size=D, num_experts=E, top_k=k, layer_index=0, expert_hidden_size=F, placement=placement
     )
     torch.manual_seed(0)  # same router on both ranks
     router = routers.build({"name": "c2r", "top_t": E // WORLD - 1, "collaborators": "placement"}, ctx)

@@ -128,7 +128,7 @@ def check_combine_rows() -> None:
 
 def check_dispatcher_matches_sorted() -> None:
     t, d, f, e, k = 20, 16, 24, 6, 2  # small: the interpreter runs one program at a time
-    ctx = LayerContext(hidden_size=d, num_experts=e, top_k=k, layer_index=0, ffn_hidden_size=f)
+    ctx = LayerContext(hidden_size=d, num_experts=e, top_k=k, layer_index=0, expert_hidden_size=f)
     for dtype, tol in [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)]:
         experts = ExpertWeights(list(range(e)), d, f, init_std=0.3).to(dtype).to(DEVICE)
         allowed = torch.tensor([0, 1, 2, 4, 5])  # expert 3 idle

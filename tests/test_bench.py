@@ -105,7 +105,7 @@ def test_unknown_bench_subcommand(capsys):
 def test_hf_loop_equals_sorted_forward_and_backward(k):
     gen = torch.Generator().manual_seed(k)
     t, d, f, e = 53, 16, 24, 6
-    ctx = LayerContext(hidden_size=d, num_experts=e, top_k=k, layer_index=0, ffn_hidden_size=f)
+    ctx = LayerContext(hidden_size=d, num_experts=e, top_k=k, layer_index=0, expert_hidden_size=f)
     experts = ExpertWeights(list(range(e)), d, f, init_std=0.3)
     scores = torch.rand(t, e, generator=gen)
     scores[:, 4] = -1  # expert 4 gets no tokens

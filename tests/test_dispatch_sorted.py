@@ -15,7 +15,7 @@ def test_sorted_keeps_the_contract_and_equals_the_definition():
 
 
 def test_sorted_counts_one_row_per_token_and_expert():
-    ctx = LayerContext(hidden_size=8, num_experts=4, top_k=2, layer_index=0, ffn_hidden_size=8)
+    ctx = LayerContext(hidden_size=8, num_experts=4, top_k=2, layer_index=0, expert_hidden_size=8)
     disp = dispatchers.build({"name": "sorted"}, ctx, ExpertWeights(list(range(4)), 8, 8))
     disp(
         torch.randn(5, 8),

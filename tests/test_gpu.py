@@ -26,7 +26,7 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
 def make_layer(t=300, d=64, f=128, e=8, k=2, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    ctx = LayerContext(hidden_size=d, num_experts=e, top_k=k, layer_index=0, ffn_hidden_size=f)
+    ctx = LayerContext(hidden_size=d, num_experts=e, top_k=k, layer_index=0, expert_hidden_size=f)
     experts = ExpertWeights(list(range(e)), d, f, init_std=0.2)
     scores = torch.rand(t, e, generator=gen)
     scores[:, 3] = -1  # expert 3 receives no tokens
@@ -38,7 +38,7 @@ def make_layer(t=300, d=64, f=128, e=8, k=2, seed=0):
 
 def run_dispatcher(spec, ctx, experts, routing, x, grad_out, dtype):
     """Output and gradients (x, weights, w1, v1, w2) of one dispatcher on CUDA in `dtype`."""
-    ex = ExpertWeights(list(range(ctx.num_experts)), ctx.hidden_size, ctx.ffn_hidden_size)
+    ex = ExpertWeights(list(range(ctx.num_experts)), ctx.hidden_size, ctx.expert_hidden_size)
     ex.load_state_dict(experts.state_dict())
     ex = ex.to(CUDA, dtype)
     disp = dispatchers.build(spec, ctx, ex).to(CUDA)

@@ -24,7 +24,7 @@ import ep_dispatch_worker as worker  # noqa: E402
 
 def build(spec, e=6, d=16, f=24, k=2, dtype=torch.float32, placement=None):
     ctx = LayerContext(
-        hidden_size=d, num_experts=e, top_k=k, layer_index=0, ffn_hidden_size=f, placement=placement
+        hidden_size=d, num_experts=e, top_k=k, layer_index=0, expert_hidden_size=f, placement=placement
     )
     experts = ExpertWeights(list(range(e)), d, f, init_std=0.3).to(dtype)
     return ctx, experts, dispatchers.build(spec, ctx, experts)
@@ -43,7 +43,7 @@ def test_single_device_matches_sorted(rows):
 def test_placement_must_fit_the_group():
     placement = torch.arange(8) // 4  # two devices
     ctx = LayerContext(
-        hidden_size=8, num_experts=8, top_k=2, layer_index=0, ffn_hidden_size=8, placement=placement
+        hidden_size=8, num_experts=8, top_k=2, layer_index=0, expert_hidden_size=8, placement=placement
     )
     ep = ExpertParallelContext(rank=0, size=4)
     with pytest.raises(ConfigError, match="expert_parallel"):

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from moelight.c2r.collaboration import collaborators_from_counts, is_collaborator_list
+from moelight.c2r.collaboration import collaborators_from_counts, is_collaborator_list, off_diagonal
 from moelight.c2r.partition import distinct_devices
 from moelight.errors import MoelightError
+from moelight.moe.layer_context import LayerContext
+from moelight.registry import routers
 
 # ---- interconnects --------------------------------------------------------------------
 
@@ -70,8 +72,7 @@ def collaborative_devices(counts: torch.Tensor, num_devices: int) -> torch.Tenso
     unplaced expert with the most co-activation with the group, until the group is full (block
     sizes as in `contiguous_devices`). A heuristic, good enough to show what placement buys.
     """
-    c = torch.as_tensor(counts).to(torch.float64).clone()
-    c.fill_diagonal_(0)
+    c = off_diagonal(counts)
     e = c.shape[0]
     sizes = [len(a) for a in np.array_split(np.arange(e), num_devices)]
     device_of = torch.full((e,), -1, dtype=torch.long)
@@ -114,9 +115,8 @@ def expected_devices_pairs(counts: torch.Tensor, device_of: torch.Tensor) -> flo
     With k = 2 every token is one pair {i, j}: it visits 1 device if both sit on the same one,
     else 2. So E[D] = 2 - (co-activations inside a device) / (all co-activations).
     """
-    c = torch.as_tensor(counts).to(torch.float64)
-    c = c.reshape(-1, c.shape[-2], c.shape[-1]).clone()
-    c.diagonal(dim1=-2, dim2=-1).zero_()
+    c = off_diagonal(counts)
+    c = c.reshape(-1, c.shape[-2], c.shape[-1])
     same = (device_of[:, None] == device_of[None, :]).to(torch.float64)
     per_layer = 2 - (c * same).sum((-1, -2)) / c.sum((-1, -2)).clamp_min(1e-300)
     return float(per_layer.mean())
@@ -147,9 +147,8 @@ def pairwise_model(counts: torch.Tensor, k: int) -> Sampler:
     For k = 2 this reproduces the pair distribution exactly; for k > 2 it is a model.
     Layers (leading dim) are drawn uniformly.
     """
-    c = torch.as_tensor(counts).to(torch.float64)
-    c = c.reshape(-1, c.shape[-2], c.shape[-1]).clone()
-    c.diagonal(dim1=-2, dim2=-1).zero_()
+    c = off_diagonal(counts)
+    c = c.reshape(-1, c.shape[-2], c.shape[-1])
 
     def sample(n: int, gen: torch.Generator) -> torch.Tensor:
         layer = torch.randint(0, c.shape[0], (n,), generator=gen)
@@ -203,9 +202,6 @@ def c2r_placement_rows(device_of: torch.Tensor, k: int, samples: int = 4096, see
     Runs the real router on random hidden states over this placement; None when a device holds
     fewer than k experts (C2R placement needs the k experts on one device).
     """
-    from moelight.moe.layer_context import LayerContext
-    from moelight.registry import routers
-
     smallest = min(group_sizes(device_of))
     if smallest < k:
         return None

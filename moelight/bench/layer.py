@@ -36,7 +36,7 @@ def build_layers(
         num_experts=shape.experts,
         top_k=shape.top_k,
         layer_index=0,
-        ffn_hidden_size=shape.ffn,
+        expert_hidden_size=shape.ffn,
     )
     router = routers.build(parse_router(router_spec).spec, ctx, field="router").to(device, dtype)
     experts = ExpertWeights(list(range(shape.experts)), shape.hidden, shape.ffn).to(device, dtype)

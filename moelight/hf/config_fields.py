@@ -60,18 +60,26 @@ def common_model_fields(cfg: dict[str, Any], source: str, rope_default: float) -
 
 
 def every_layer_moe_fields(
-    cfg: dict[str, Any], source: str, *, rope_default: float, experts_key: str, qk_norm: bool
+    cfg: dict[str, Any],
+    source: str,
+    *,
+    rope_default: float,
+    experts_key: str,
+    qk_norm: bool,
+    top_k_key: str = "num_experts_per_tok",
+    expert_size: int | None = None,
 ) -> dict[str, Any]:
     """ModelConfig fields of a decoder that is MoE in every layer, without a shared expert or
-    attention biases (Mixtral, OLMoE); `experts_key` is the config.json name of the expert count."""
+    attention biases (Mixtral, OLMoE, LLaMA-MoE); `experts_key` and `top_k_key` are the config.json
+    names of the expert count and of k; `expert_size` defaults to `intermediate_size`."""
     fields = common_model_fields(cfg, source, rope_default)
-    k = require(cfg, "num_experts_per_tok", source)
+    k = require(cfg, top_k_key, source)
     ffn = require(cfg, "intermediate_size", source)
     fields.update(
         ffn_hidden_size=ffn,  # unused: every layer is MoE
         num_experts=require(cfg, experts_key, source),
         top_k=k,
-        expert_ffn_hidden_size=ffn,
+        expert_ffn_hidden_size=ffn if expert_size is None else expert_size,
         moe_every=1,
         shared_expert_ffn_hidden_size=0,
         shared_expert_gate=False,

@@ -20,7 +20,7 @@ from typing import Any
 
 from moelight.errors import MoelightError
 from moelight.hf.architecture import Architecture, Entry
-from moelight.hf.config_fields import common_hf_fields, common_model_fields, require
+from moelight.hf.config_fields import common_hf_fields, every_layer_moe_fields, require
 from moelight.recipe import ModelConfig
 from moelight.registry import routers
 
@@ -115,20 +115,15 @@ class LlamaMoe(Architecture):
             raise MoelightError(
                 f"{SRC}: gate_network {gate_network!r} is not supported (allowed: {', '.join(GATE_NETWORKS)})"
             )
-        fields = common_model_fields(cfg, SRC, rope_default=10000.0)
         num_experts = int(require(cfg, "num_experts", SRC))
-        k = int(require(cfg, "num_selects", SRC))
-        size = _expert_size(cfg, num_experts)
-        fields.update(
-            ffn_hidden_size=require(cfg, "intermediate_size", SRC),  # unused: every layer is MoE
-            num_experts=num_experts,
-            top_k=k,
-            expert_ffn_hidden_size=size,
-            moe_every=1,
-            shared_expert_ffn_hidden_size=0,
-            shared_expert_gate=False,
-            qkv_bias=False,
+        fields = every_layer_moe_fields(
+            cfg,
+            SRC,
+            rope_default=10000.0,
+            experts_key="num_experts",
+            top_k_key="num_selects",
             qk_norm=False,
+            expert_size=_expert_size(cfg, num_experts),
         )
         scale = float(_one_value(cfg.get("score_scale_factor", 1.0), "score_scale_factor", "score scale"))
         use_balance = cfg.get("gate_use_balance", True)

@@ -31,7 +31,7 @@ def layer_contexts(recipe: Recipe) -> list[LayerContext]:
             num_experts=cfg.num_experts,
             top_k=cfg.top_k,
             layer_index=layer,
-            ffn_hidden_size=cfg.expert_ffn_hidden_size,
+            expert_hidden_size=cfg.expert_ffn_hidden_size,
             placement=placement[j],
             collaborators=None if lists is None else lists[j],
             coactivation=None if counts is None else counts[j],

@@ -15,15 +15,17 @@ from torch import nn
 
 
 class ExpertWeights(nn.Module):
-    def __init__(self, global_ids: list[int], hidden_size: int, ffn_hidden_size: int, init_std: float = 0.02):
+    def __init__(
+        self, global_ids: list[int], hidden_size: int, expert_hidden_size: int, init_std: float = 0.02
+    ):
         super().__init__()
         self.global_ids = list(global_ids)
         self.hidden_size = hidden_size
-        self.ffn_hidden_size = ffn_hidden_size
+        self.expert_hidden_size = expert_hidden_size
         n = len(global_ids)
-        self.w1 = nn.Parameter(torch.empty(n, ffn_hidden_size, hidden_size))
-        self.v1 = nn.Parameter(torch.empty(n, ffn_hidden_size, hidden_size))
-        self.w2 = nn.Parameter(torch.empty(n, hidden_size, ffn_hidden_size))
+        self.w1 = nn.Parameter(torch.empty(n, expert_hidden_size, hidden_size))
+        self.v1 = nn.Parameter(torch.empty(n, expert_hidden_size, hidden_size))
+        self.w2 = nn.Parameter(torch.empty(n, hidden_size, expert_hidden_size))
         self.init_std = init_std
         self.reset_parameters()
 

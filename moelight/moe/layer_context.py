@@ -21,7 +21,7 @@ class LayerContext:
     num_experts: int
     top_k: int
     layer_index: int
-    ffn_hidden_size: int = 0
+    expert_hidden_size: int = 0  # each expert's FFN width (model.expert_ffn_hidden_size)
     placement: torch.Tensor | None = None
     collaborators: torch.Tensor | None = None
     coactivation: torch.Tensor | None = None
@@ -29,6 +29,11 @@ class LayerContext:
     def __post_init__(self) -> None:
         if self.placement is None:
             self.placement = torch.zeros(self.num_experts, dtype=torch.long)
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        """The former name of `expert_hidden_size`, kept so out-of-tree plugins written for it still run."""
+        return self.expert_hidden_size
 
     @property
     def num_devices(self) -> int:

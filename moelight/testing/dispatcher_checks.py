@@ -116,7 +116,7 @@ def check_dispatcher(
 
 
 def _layer(gen: torch.Generator, k: int, dtype: torch.dtype, device) -> tuple[LayerContext, ExpertWeights]:
-    ctx = LayerContext(hidden_size=D, num_experts=E, top_k=k, layer_index=0, ffn_hidden_size=FFN)
+    ctx = LayerContext(hidden_size=D, num_experts=E, top_k=k, layer_index=0, expert_hidden_size=FFN)
     experts = ExpertWeights(list(range(E)), D, FFN)
     with torch.no_grad():
         for p in experts.parameters():

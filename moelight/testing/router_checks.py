@@ -26,7 +26,7 @@ def default_layer_context(
         num_experts=num_experts,
         top_k=top_k,
         layer_index=0,
-        ffn_hidden_size=2 * hidden_size,
+        expert_hidden_size=2 * hidden_size,
         placement=torch.arange(num_experts) // (num_experts // devices),
         collaborators=collaborators_from_counts(counts + counts.T),
         coactivation=(counts + counts.T).float(),

@@ -127,11 +127,11 @@ class MegaBlocksDispatcher(Dispatcher):
                 "mlp_impl 'grouped' needs the grouped_gemm package: `pip install --no-deps "
                 "--no-build-isolation grouped_gemm==0.3.0` (see docs/megablocks.md)",
             )
-        if params.mlp_impl == "sparse" and ctx.ffn_hidden_size % 128:
+        if params.mlp_impl == "sparse" and ctx.expert_hidden_size % 128:
             raise ConfigError(
                 "dispatcher.mlp_impl",
                 f"mlp_impl 'sparse' needs model.expert_ffn_hidden_size divisible by 128 "
-                f"(MegaBlocks' block size), got {ctx.ffn_hidden_size}; use mlp_impl: grouped",
+                f"(MegaBlocks' block size), got {ctx.expert_hidden_size}; use mlp_impl: grouped",
             )
         placement = ctx.placement.detach().cpu().long()
         mb_id = megablocks_expert_ids(placement, self.ep.size)
@@ -153,7 +153,7 @@ class MegaBlocksDispatcher(Dispatcher):
         try:
             args = Arguments(
                 hidden_size=ctx.hidden_size,
-                ffn_hidden_size=ctx.ffn_hidden_size,
+                ffn_hidden_size=ctx.expert_hidden_size,
                 num_layers=1,
                 bias=False,
                 return_bias=False,
@@ -179,7 +179,7 @@ class MegaBlocksDispatcher(Dispatcher):
             raise ConfigError(
                 "model.expert_ffn_hidden_size",
                 f"MegaBlocks cannot build this layer ({ctx.num_experts} experts of ffn "
-                f"{ctx.ffn_hidden_size}; it needs num_experts * ffn >= 128): {exc}",
+                f"{ctx.expert_hidden_size}; it needs num_experts * ffn >= 128): {exc}",
             ) from None
         mb.mlp = _CanonicalGLU(self.experts, impl)
         return mb
