@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from moelight.c2r.profiling import _single_process_model
+from moelight.model.load import single_process_model
 from moelight.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def save_random_checkpoint(recipe_file: Path, out: Path, overrides: list[str], s
     """A Lightning-style .ckpt (state_dict under `model.`, recipe in hyper_parameters) of a random model."""
     recipe = load_recipe(recipe_file, overrides)
     torch.manual_seed(seed)
-    model = _single_process_model(recipe)
+    model = single_process_model(recipe)
     torch.save(
         {
             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},

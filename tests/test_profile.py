@@ -13,7 +13,6 @@ from moelight.c2r.collaboration import collaborators_from_counts, load_collabora
 from moelight.c2r.placement import load_placement
 from moelight.c2r.profile_file import read_profile
 from moelight.c2r.profiling import (
-    load_checkpoint,
     profile_model,
     save_profile,
     write_placements,
@@ -21,6 +20,7 @@ from moelight.c2r.profiling import (
 from moelight.cli.main import main
 from moelight.data.datamodule import MoEDataModule
 from moelight.model.build import build_model
+from moelight.model.load import load_checkpoint
 from moelight.recipe import validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,12 +231,12 @@ def test_shipped_profile_fits_the_c2r_recipes():
 def test_expert_parallel_recipe_is_profiled_in_one_process_with_its_routing():
     """A checkpoint trained with experts on 2 devices: all experts are built here, and the
     c2r router keeps its device-local candidates (collaborators: placement)."""
-    from moelight.c2r.profiling import _single_process_model
+    from moelight.model.load import single_process_model
 
     recipe = tiny_recipe(name="c2r", top_t=2, collaborators="placement")
     recipe["parallel"] = {"expert_parallel": 2}  # contiguous: experts 0-2 and 3-5
     torch.manual_seed(0)
-    model = _single_process_model(validate_recipe(recipe)).eval()
+    model = single_process_model(validate_recipe(recipe)).eval()
     assert all(layer.experts.num_local == E for layer in model.moe_layers)
     with torch.no_grad():
         model(batches(1)[0][0])

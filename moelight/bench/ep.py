@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -168,6 +171,7 @@ class Args:
 
 def _shaped_group(store, rank: int, world: int):
     """A gloo process group whose sockets use SHAPED_ADDR (the shaped class of the namespace)."""
+    # only inside a spawned rank, once gloo is initialised
     from torch.distributed import ProcessGroupGloo
 
     opts = ProcessGroupGloo._Options()
@@ -311,8 +315,6 @@ def worker(rank: int, port: int, args: Args, out_file: str) -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -320,10 +322,6 @@ def _free_port() -> int:
 
 def run(args: Args) -> dict[str, Any]:
     """Spawn the ranks (in this process's network namespace) and assemble the report."""
-    import tempfile
-
-    import torch.multiprocessing as mp
-
     base = load_recipe(args.recipe, args.overrides)
     if base.model.num_experts % args.procs:
         raise MoelightError(f"--procs {args.procs} must divide model.num_experts ({base.model.num_experts})")

@@ -212,6 +212,7 @@ def save_sharded(
     expert_parallel: int = 1,
 ) -> None:
     """Write Lightning's `checkpoint` dict as a sharded directory at `path` (atomically)."""
+    # imported on use: it loads much of torch.distributed, which single-process runs never need
     import torch.distributed.checkpoint as dcp
 
     path = Path(path)
@@ -297,6 +298,7 @@ def read_tensors(path: str | Path, keys: list[str] | None = None) -> dict[str, t
 
     Each rank reads only what it needs, on its own (`no_dist`): ranks ask for different keys.
     """
+    # imported on use: it loads much of torch.distributed, which single-process runs never need
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 

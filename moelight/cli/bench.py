@@ -132,6 +132,7 @@ def _float(flags: dict, name: str) -> float | None:
 
 
 def _default_dispatchers() -> list[str]:
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.registry import dispatchers
 
     names = []
@@ -153,6 +154,7 @@ def _baseline(flags: dict, labels: list[str], prefer: str | None = None) -> str:
 
 def _set_threads(flags: dict) -> None:
     """Fewer CPU threads than cores steadies timings on a shared machine; recorded in the env."""
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     import torch
 
     threads = _int(flags, "--threads", minimum=1)
@@ -161,6 +163,7 @@ def _set_threads(flags: dict) -> None:
 
 
 def _finish(result: dict, flags: dict, argv: list[str], printer) -> int:
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.bench.report import environment, write_json
 
     result["env"] = environment(result.get("device"))
@@ -174,6 +177,7 @@ def _finish(result: dict, flags: dict, argv: list[str], printer) -> int:
 
 
 def run_layer(argv: list[str]) -> int:
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.bench.candidates import parse_candidates
     from moelight.bench.layer import bench_layer
     from moelight.bench.presets import shape_from
@@ -212,6 +216,7 @@ def run_layer(argv: list[str]) -> int:
 
 
 def run_step(argv: list[str]) -> int:
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.bench.candidates import parse_candidates
     from moelight.bench.reference import GEMM_ONLY
     from moelight.bench.report import print_timing
@@ -240,6 +245,7 @@ def run_step(argv: list[str]) -> int:
 
 
 def run_comm(argv: list[str]) -> int:
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.bench import comm
     from moelight.bench.candidates import split_list
     from moelight.bench.presets import get_preset, parse_dtype
@@ -323,6 +329,7 @@ EP_FLAGS = (
 def run_ep(argv: list[str]) -> int:
     from pathlib import Path
 
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.bench import ep, link, netns
     from moelight.bench.candidates import split_list
 
@@ -387,6 +394,7 @@ SUBCOMMANDS = {"layer": run_layer, "step": run_step, "comm": run_comm, "ep": run
 
 
 def run(argv: list[str]) -> int:
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.bench.comm import INTERCONNECTS
     from moelight.bench.ep import CONFIG_KEYS
     from moelight.bench.link import PRESETS as LINKS

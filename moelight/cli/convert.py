@@ -28,12 +28,14 @@ SUBCOMMANDS = ("import", "export")
 
 
 def _archs() -> str:
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.hf.architectures import architectures
 
     return ", ".join(architectures())
 
 
 def _dtype(value: str | bool | None):
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.hf.convert_dirs import DTYPES
 
     if value in (None, "keep"):
@@ -78,6 +80,7 @@ def run(argv: list[str]) -> int:
             raise MoelightError(
                 "convert import reads the architecture and router from config.json: drop --arch/--recipe/--router"
             )
+        # imported when the verb runs, not with the CLI: `moelight --help` stays fast
         from moelight.hf.convert_dirs import import_to_dir
 
         result = import_to_dir(args.recipe, out, dtype=dtype, force=force)

@@ -138,10 +138,12 @@ def run(argv: list[str]) -> int:
         if not Path(ckpt).exists():
             raise MoelightError(f"checkpoint not found: {ckpt}")
 
+    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.eval.tasks import go_offline, quiet_custom_dataset_warning
 
     go_offline()  # before lm-eval and datasets are imported
     try:
+        # optional dependency (moelight[eval])
         import lm_eval  # noqa: F401
     except ImportError:
         raise MoelightError(
@@ -186,6 +188,7 @@ def run(argv: list[str]) -> int:
 
 
 def _write(out: Path, labels: list[str], all_results: list[dict], table_md: str) -> None:
+    # optional dependency (moelight[eval])
     from lm_eval.utils import handle_non_serializable
 
     out.mkdir(parents=True, exist_ok=True)

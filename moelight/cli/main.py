@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         err_console.print(f"[bold red]error:[/] unknown verb {verb!r}; allowed: {', '.join(VERBS)}")
         return 2
+    # each verb's module is imported only when that verb runs
     import importlib
 
     try:

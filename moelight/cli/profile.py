@@ -102,15 +102,16 @@ def profile(
     quiet: bool = False,
 ) -> int:
     """The `moelight profile` verb as a function (the benchmark calls it directly)."""
+    # Imported when the verb runs, not with the CLI: `moelight --help` stays fast.
     from moelight.c2r.plots import coactivation_grid, concentration_plot
     from moelight.c2r.profiling import (
         concentration_curve,
-        load_checkpoint,
         profile_model,
         save_profile,
         write_placements,
     )
     from moelight.data.datamodule import MoEDataModule
+    from moelight.model.load import load_checkpoint
 
     say = (lambda *a, **k: None) if quiet else console.print
     loaded = load_checkpoint(checkpoint, overrides)

@@ -170,6 +170,7 @@ def load_tokenizer(spec: str) -> ByteTokenizer | HFTokenizer:
             f"tokenizer directory not found: {path} (use 'bytes' or a local Hugging Face tokenizer directory)",
         )
     try:
+        # optional dependency (moelight[hf])
         from transformers import AutoTokenizer
     except ImportError:
         raise ConfigError(

@@ -27,6 +27,7 @@ def with_local_tasks(argv: list[str]) -> list[str]:
 def main() -> None:
     go_offline()
     quiet_custom_dataset_warning()
+    # optional dependency (moelight[eval]); the adapter registers itself with lm-eval on import
     from lm_eval.__main__ import cli_evaluate
 
     import moelight.eval.adapter  # noqa: F401  (registers `moelight`)

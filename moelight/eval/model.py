@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from moelight.c2r.profiling import load_checkpoint
 from moelight.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from moelight.errors import MoelightError
+from moelight.model.load import load_checkpoint
 from moelight.recipe import Recipe
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rich.table import Table as RichTable
+
 from moelight.eval.tasks import TaskRun
 
 # The headline metric when a task run names none: the first of these the task reports.
@@ -104,8 +106,6 @@ def markdown(table: Table) -> str:
 
 
 def rich_table(table: Table, title: str):
-    from rich.table import Table as RichTable
-
     out = RichTable(title=title)
     for i, name in enumerate(table.header):
         out.add_column(name, justify="left" if i < 3 else "right")

@@ -31,6 +31,7 @@ def merge_results(into: dict[str, Any] | None, new: dict[str, Any]) -> dict[str,
 
 def run_tasks(lm, runs: list[TaskRun], manager, limit: float | None = None) -> dict[str, Any]:
     """lm-eval's results dict for `runs` (its own format, as `lm-eval --output_path` writes it)."""
+    # optional dependency (moelight[eval])
     from lm_eval import simple_evaluate
 
     for run in runs:

@@ -6,6 +6,7 @@ local files nor in the local datasets cache stops the run with the files it need
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,6 @@ def go_offline() -> None:
 
 def quiet_custom_dataset_warning() -> None:
     """lm-eval warns on every task with a `custom_dataset` loader, which all shipped tasks have."""
-    import logging
-
     logging.getLogger("lm_eval.api.task").addFilter(lambda r: "Custom kwargs" not in r.getMessage())
 
 
@@ -72,6 +71,7 @@ def parse_tasks(spec: str, num_fewshot: int | None) -> list[TaskRun]:
 def task_manager(runs: list[TaskRun], paths: list[str]):
     """lm-eval's TaskManager over `paths`, plus lm-eval's own tasks only when a run needs one
     (indexing lm-eval's ~15k task files takes tens of seconds)."""
+    # optional dependency (moelight[eval])
     from lm_eval.tasks import TaskManager
 
     local = TaskManager(include_path=paths or None, include_defaults=False)
@@ -128,6 +128,7 @@ def check_local_data(manager, run: TaskRun) -> None:
     if Path(path).exists():
         return
     try:
+        # optional dependency (moelight[eval])
         import datasets
 
         datasets.load_dataset_builder(path, cfg.get("dataset_name"))

@@ -77,8 +77,6 @@ def import_to_dir(
     """`moelight convert import`: DIR/model.safetensors (moelight names) + DIR/recipe.yaml (model
     section, `topk` router with the HF routing semantics, `model.init_from: model.safetensors`) and,
     when the HF directory has a tokenizer, DIR/tokenizer/ with `data.tokenizer` pointing at it."""
-    from moelight.recipe import load_recipe
-
     out = Path(out_dir)
     _refuse_overwrite(out, (WEIGHTS_NAME, "recipe.yaml"), force)
     imported = import_hf(hf_dir)

@@ -71,6 +71,7 @@ CHATML_TEMPLATE = (
 
 def tiny_hf_config(arch: str, **overrides: Any) -> Any:
     """A transformers config object of `arch` at the tiny size, with `overrides` applied."""
+    # optional dependency (moelight[hf]): only the tiny-checkpoint makers need it
     from transformers import MixtralConfig, OlmoeConfig, Qwen2MoeConfig
 
     classes = {"qwen2_moe": Qwen2MoeConfig, "mixtral": MixtralConfig, "olmoe": OlmoeConfig}
@@ -114,6 +115,7 @@ def make_tiny_checkpoint(
     arch: str, out_dir: str | Path, seed: int = 0, max_shard_size: str | None = None, **overrides: Any
 ) -> Path:
     """Save a tiny random `arch` model with `save_pretrained` (the hub's on-disk layout)."""
+    # optional dependency (moelight[hf]): only the tiny-checkpoint makers need it
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -128,6 +130,7 @@ def make_tiny_checkpoint(
 def make_tiny_tokenizer(out_dir: str | Path, chat_template: bool = True) -> Path:
     """A byte-level BPE tokenizer with no merges (259 ids: 256 bytes, <|im_end|> = EOS,
     <|endoftext|> = PAD, <|im_start|>) and, optionally, Qwen's ChatML chat template."""
+    # optional dependency (moelight[hf]): only the tiny-checkpoint makers need it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

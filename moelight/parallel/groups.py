@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from moelight.errors import ConfigError
 from moelight.moe.dispatch import ExpertParallelContext
@@ -36,8 +37,6 @@ class ExpertParallelGroups:
 
 def build_groups(expert_parallel: int, device_type: str) -> ExpertParallelGroups:
     """Called on every rank once the default process group exists."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     world = dist.get_world_size()
     check_world_size(world, expert_parallel)
     mesh = init_device_mesh(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from moelight.model.build import build_model, layer_contexts
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe
 
@@ -14,8 +15,6 @@ def check_expert_parallel_recipe(recipe: Recipe) -> None:
     Errors a rank would hit in `configure_model` (a dispatcher that cannot run with P > 1, a
     placement that does not fit P) then come once, from the launching process, as ConfigErrors.
     """
-    from moelight.model.build import build_model, layer_contexts
-
     contexts = layer_contexts(recipe)  # reads placement/profile files: outside the meta block
     ep = ExpertParallelContext(rank=0, size=recipe.parallel.expert_parallel)
     with torch.device("meta"):
