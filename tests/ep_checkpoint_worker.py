@@ -19,9 +19,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from moelight.checkpoint.sharded import MARKER_FILE, check_sharded, load_sharded, save_sharded
 from moelight.errors import MoelightError
 from moelight.moe.experts import ExpertWeights
+from moelight.parallel.checkpoint import MARKER_FILE, check_sharded, load_sharded, save_sharded
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ep_dispatch_worker import free_port  # noqa: E402

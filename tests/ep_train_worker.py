@@ -7,7 +7,7 @@ Lightning launches the other ranks by re-running this command line (its subproce
 Writes, from rank 0, OUT_DIR/losses.json (the global-mean loss of every step) and saves
 OUT_DIR/final.ckpt (a sharded directory with P > 1, a file otherwise). With --dump every rank
 writes OUT_DIR/restored.rank<r>.pt: its model and optimizer state under global keys (see
-moelight/checkpoint/sharded.py) as they are right after the checkpoint was restored.
+moelight/parallel/checkpoint.py) as they are right after the checkpoint was restored.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from moelight.checkpoint.sharded import (
+from moelight.cli.fit import resolve_resume
+from moelight.data.datamodule import MoEDataModule
+from moelight.parallel.checkpoint import (
     expert_layout,
     model_to_global,
     optimizer_param_names,
     optimizer_to_global,
 )
-from moelight.cli.fit import resolve_resume
-from moelight.data.datamodule import MoEDataModule
 from moelight.recipe import load_recipe
 from moelight.training.module import MoELanguageModel
 from moelight.training.trainer import build_trainer

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from moelight.checkpoint.sharded import MARKER_FILE, read_tensors, write_consolidated
 from moelight.errors import MoelightError
+from moelight.parallel.checkpoint import MARKER_FILE, read_tensors, write_consolidated
 from moelight.recipe import load_recipe
 
 TESTS = Path(__file__).parent

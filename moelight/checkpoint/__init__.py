@@ -1,2 +1,2 @@
-"""Checkpoint files: complete-or-absent writes, refusing corrupt files, and the sharded expert-parallel format.
-Below training, parallel and model: each of them reads or writes checkpoints through this package."""
+"""Checkpoint files that are complete or absent: atomic writes, refusing corrupt or foreign files.
+The lowest layer of checkpointing: model, parallel (the sharded EP format) and training all build on it."""

@@ -53,7 +53,7 @@ def resolve_resume(recipe: Recipe, resume: str | None) -> str | None:
 def resolve_sharded(recipe: Recipe, path: Path) -> str:
     """A sharded (expert-parallel) checkpoint directory: refuse it unless complete; without expert
     parallelism, Lightning loads ordinary files, so gather the shards into one (once, kept beside them)."""
-    from moelight.checkpoint.sharded import check_sharded, consolidated_file
+    from moelight.parallel.checkpoint import check_sharded, consolidated_file
 
     if recipe.parallel.expert_parallel > 1:
         check_sharded(path)

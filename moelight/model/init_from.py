@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from moelight.checkpoint.sharded import consolidated_file
 from moelight.errors import MoelightError
 from moelight.moe.experts import ExpertWeights
+from moelight.parallel.checkpoint import consolidated_file
 from moelight.recipe import read_recipe_dict
 
 MODEL_FILE = "model.safetensors"

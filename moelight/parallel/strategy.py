@@ -17,8 +17,8 @@ from typing import Any
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch.nn.parallel import DistributedDataParallel
 
-from moelight.checkpoint.sharded import is_sharded, load_sharded, localize_full, save_sharded
 from moelight.moe.dispatch import ExpertParallelContext
+from moelight.parallel.checkpoint import is_sharded, load_sharded, localize_full, save_sharded
 from moelight.parallel.grad_sync import clip_by_global_norm, expert_parameters, reduce_expert_grads
 from moelight.parallel.groups import ExpertParallelGroups, build_groups, check_world_size
 
