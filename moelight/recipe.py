@@ -76,32 +76,55 @@ class OptimConfig(Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="clip the gradient norm (Lightning's trainer.gradient_clip_val); null = off"
+    )
+
+    @model_validator(mode="after")
+    def _betas(self) -> OptimConfig:
+        for i, beta in enumerate(self.betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas[{i}] = {beta} must be in [0, 1) (AdamW)")
+        return self
 
 
 class TrainerConfig(Section):
-    max_steps: int = Field(300, gt=0)
-    accelerator: str = "auto"
-    devices: int | str = 1
+    """The recipe's Trainer settings. Fields named like a Lightning Trainer argument ARE that
+    argument; `out_dir`, `progress_bar` and `logger` set Lightning's `default_root_dir`,
+    `enable_progress_bar` and default `logger`; every other Trainer argument is a `--trainer.*`
+    flag of `moelight fit` (see moelight/cli/lightning_cli.py)."""
+
+    max_steps: int = Field(300, gt=0, description="optimizer steps to train (the LR schedule spans them)")
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, ...")
+    devices: int | str | list[int] = Field(1, description="devices per node (Lightning)")
     num_nodes: int = Field(1, gt=0)
-    precision: str = Field("32-true", description="Lightning precision, e.g. 32-true, bf16-mixed")
+    precision: str | int = Field("32-true", description="Lightning precision, e.g. 32-true, bf16-mixed")
     accumulate_grad_batches: int = Field(1, gt=0)
     val_check_interval: int = Field(100, gt=0, description="validate every n training steps")
-    limit_val_batches: int = Field(20, gt=0)
+    limit_val_batches: int | float = Field(20, gt=0, description="validation batches (int) or fraction")
     log_every_n_steps: int = Field(10, gt=0)
-    out_dir: str = Field("runs/quickstart", description="checkpoints and logs go here")
-    logger: Literal["auto", "csv", "tensorboard", "both", "none"] = Field(
-        "auto", description="auto: CSV, plus TensorBoard when the tensorboard package is installed"
+    out_dir: str = Field(
+        "runs/quickstart", description="checkpoints and logs go here (Lightning's default_root_dir)"
     )
-    progress_bar: bool = True
-    checkpoint_every_n_steps: int = Field(100, gt=0)
+    logger: Literal["auto", "csv", "tensorboard", "both", "none"] = Field(
+        "auto",
+        description="built-in loggers under out_dir (the default of --trainer.logger): auto = CSV, "
+        "plus TensorBoard when the tensorboard package is installed",
+    )
+    progress_bar: bool = Field(True, description="rich progress bar (Lightning's enable_progress_bar)")
+    checkpoint_every_n_steps: int = Field(100, gt=0, description="save a checkpoint every n steps")
     compile: bool = False
 
 
 class ParallelConfig(Section):
-    expert_parallel: int = Field(1, gt=0, description="P: experts are split over P ranks")
+    expert_parallel: int = Field(
+        1,
+        gt=0,
+        description="P: experts are split over P ranks; P > 1 makes the default strategy "
+        "expert_parallel (same as --trainer.strategy.expert_parallel P)",
+    )
     placement: str = Field("contiguous", description="'contiguous' or a placement file (.json/.npy)")
 
 

@@ -1,4 +1,7 @@
-"""`moelight fit [RECIPE] [overrides] [--resume last|PATH]`."""
+"""`moelight fit [RECIPE] [overrides] [--resume last|PATH] [--trainer.<Trainer argument> ...]`.
+
+Argument routing: fit_args.py; the LightningCLI over the recipe: lightning_cli.py.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +10,16 @@ import time
 import warnings
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
-from moelight.cli.args import split_args
+from moelight.cli.fit_args import split_fit_args
+from moelight.cli.lightning_cli import MoelightCLI
 from moelight.errors import MoelightError
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.checkpoint_io import check_checkpoint_file
-from moelight.training.trainer import build_trainer, checkpoint_dir
-
-HELP = """usage: moelight fit [RECIPE.yaml] [key.path=value | --key.path value ...] [--resume last|PATH]
-
-Train the model a recipe describes. Without a recipe, the embedded default (recipes/quickstart.yaml)
-is used. Overrides are parsed as YAML scalars, e.g. trainer.max_steps=50 --router.name c2r.
-  --resume last   continue from <trainer.out_dir>/checkpoints/last.ckpt (step count and data position)
-  --resume PATH   continue from a given checkpoint (a file, or an expert-parallel checkpoint directory,
-                  which resumes at any parallel.expert_parallel)
-  --overwrite     start afresh even though trainer.out_dir already holds checkpoints (they are
-                  replaced as the new run saves)
-  --print-recipe  print the validated recipe and exit
-"""
+from moelight.training.trainer import checkpoint_dir
 
 console = Console()
 
@@ -78,18 +69,26 @@ def report_model(recipe: Recipe) -> None:
 
 
 def run(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(HELP)
-        return 0
-    args = split_args(argv, value_flags=("--resume",), bool_flags=("--print-recipe", "--overwrite"))
+    args = split_fit_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
-    if args.flags.get("--print-recipe"):
-        print(recipe.to_yaml())
+    try:
+        cli = MoelightCLI(recipe, args.lightning, build=not args.print_recipe)
+    except SystemExit as exc:  # --help and --print_config print, then exit
+        return int(exc.code or 0)
+    if args.print_recipe:
+        print(cli.recipe.to_yaml())
         return 0
-    ckpt_path = resolve_resume(recipe, args.flags.get("--resume"))
-    if ckpt_path is None and not args.flags.get("--overwrite"):
+    ckpt_path = prepare_run_dir(cli.recipe, args.resume, args.overwrite)
+    return fit_cli(cli, ckpt_path)
+
+
+def prepare_run_dir(recipe: Recipe, resume: str | None, overwrite: bool) -> str | None:
+    """The one place that decides between resuming and a fresh start: the checkpoint to resume
+    from, or None after making sure a fresh run replaces no earlier run's checkpoints unasked."""
+    ckpt_path = resolve_resume(recipe, resume)
+    if ckpt_path is None and not overwrite:
         refuse_to_overwrite(recipe)
-    return fit(recipe, ckpt_path)
+    return ckpt_path
 
 
 def refuse_to_overwrite(recipe: Recipe) -> None:
@@ -102,23 +101,22 @@ def refuse_to_overwrite(recipe: Recipe) -> None:
         )
 
 
-def fit(recipe: Recipe, ckpt_path: str | None = None) -> int:
-    from moelight.data.datamodule import MoEDataModule
-    from moelight.training.module import MoELanguageModel
+def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:
+    """Train `recipe` from Python (`trainer_args`: `--trainer.*` flags as on the command line)."""
+    return fit_cli(MoelightCLI(recipe, list(trainer_args or [])), ckpt_path)
 
+
+def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None) -> int:
+    recipe, trainer = cli.recipe, cli.trainer
     # An existing checkpoint directory is expected here: `run` already refused a silent overwrite.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
     report_model(recipe)
-    datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
-    module = MoELanguageModel(recipe)
-    trainer = build_trainer(recipe)
     Path(recipe.trainer.out_dir).mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         pass  # Lightning's SystemExit(None) would exit 0; handled below
     wall = time.perf_counter() - start

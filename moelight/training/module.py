@@ -10,17 +10,30 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from moelight.dispatch import ExpertParallelContext
+from moelight.errors import ConfigError
 from moelight.model.build import build_model
-from moelight.recipe import Recipe
+from moelight.recipe import Recipe, validate_recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
 from moelight.training.optim import build_optimizer
 
 
+def check_vocab(recipe: Recipe, tokenizer_vocab: int) -> None:
+    """Token ids at or above model.vocab_size would index past the embedding table."""
+    if recipe.model.vocab_size < tokenizer_vocab:
+        raise ConfigError(
+            "model.vocab_size",
+            f"{recipe.model.vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer_vocab}); "
+            f"set model.vocab_size >= {tokenizer_vocab}",
+        )
+
+
 class MoELanguageModel(L.LightningModule):
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe | dict):
+        """`recipe`: a Recipe, or its dict form (what checkpoints store, so that
+        `MoELanguageModel.load_from_checkpoint(path)` rebuilds the model)."""
         super().__init__()
-        self.recipe = recipe
-        self.save_hyperparameters({"recipe": recipe.model_dump(mode="json")})
+        self.recipe = recipe if isinstance(recipe, Recipe) else validate_recipe(recipe)
+        self.save_hyperparameters({"recipe": self.recipe.model_dump(mode="json")})
         self.model = None
         self.val_loss = MeanMetric()
         self._t_last: float | None = None
@@ -35,6 +48,11 @@ class MoELanguageModel(L.LightningModule):
             from moelight.model.init_from import load_init_weights
 
             load_init_weights(self.model, self.recipe.model.init_from)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "vocab_size"):
+            check_vocab(self.recipe, datamodule.vocab_size)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -76,4 +94,5 @@ class MoELanguageModel(L.LightningModule):
         self.log("val/ppl", torch.exp(loss.clamp(max=20)))
 
     def configure_optimizers(self):
-        return build_optimizer(self.model, self.recipe.optim, self.recipe.trainer.max_steps)
+        # The schedule spans the steps this Trainer will take (max_steps, or epochs x batches).
+        return build_optimizer(self.model, self.recipe.optim, self.trainer.estimated_stepping_batches)
