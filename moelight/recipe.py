@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moelight.errors import ConfigError, MoelightError, validation_message
 from moelight.registry import dispatchers, load_plugin_modules, routers
@@ -82,12 +82,13 @@ class OptimConfig(Section):
         1.0, gt=0, description="clip the gradient norm (Lightning's trainer.gradient_clip_val); null = off"
     )
 
-    @model_validator(mode="after")
-    def _betas(self) -> OptimConfig:
-        for i, beta in enumerate(self.betas):
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        for i, beta in enumerate(betas):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"betas[{i}] = {beta} must be in [0, 1) (AdamW)")
-        return self
+        return betas
 
 
 class TrainerConfig(Section):

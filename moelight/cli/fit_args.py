@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import get_args
 
@@ -23,6 +24,9 @@ BOOL_FLAGS = ("--overwrite", "--print-recipe")
 NO_VALUE = ("-h", "--help", "--print_config")
 LOGGER_KEYWORDS = get_args(TrainerConfig.model_fields["logger"].annotation)
 STRATEGY_CLASS = "moelight.parallel.strategy.ExpertParallelStrategy"
+# A class (not a name), so that `--trainer.strategy.expert_parallel P` can set its argument:
+# jsonargparse gives a registered name no arguments, and a bare class name would stay a string.
+STRATEGY_SPEC = json.dumps({"class_path": STRATEGY_CLASS})
 
 
 @dataclass
@@ -74,9 +78,7 @@ def split_fit_args(argv: list[str]) -> FitArgs:
                 out.lightning.append(arg)
             else:
                 if name == "--trainer.strategy" and value == "expert_parallel":
-                    # Name the class, so `--trainer.strategy.expert_parallel P` can set its argument
-                    # (jsonargparse gives a registered name no arguments).
-                    arg, value = f"{name}={STRATEGY_CLASS}", STRATEGY_CLASS
+                    arg, value = f"{name}={STRATEGY_SPEC}", STRATEGY_SPEC
                 out.lightning += [arg] if eq else [name, value]
             i += 1 if consumed_next else 0
         elif eq:

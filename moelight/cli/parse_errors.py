@@ -24,7 +24,7 @@ def parser_error_line(text: str) -> str:
     key = re.match(r'Parser key "([^"]+)"', text)
     if key is None:
         return " ".join(text.split())
-    given = re.search(r"Given value: (.*)", text)
+    given = re.search(r"(?:Given|Got) value: (.*)", text)
     value = f" {given.group(1).strip()!r}" if given else ""
     if "dot import path" in text or "import path" in text and "class" in text.lower():
         hint = "expected a class name or dotted import path of a subclass, a list of them, or true/false"
@@ -33,8 +33,9 @@ def parser_error_line(text: str) -> str:
     allowed = ", ".join(v.strip().strip("'\"") for lit in literals for v in lit.split(","))
     if allowed:
         return f"{key.group(1)}: invalid value{value} (allowed: {allowed})"
-    expected = re.findall(r"Expected an? (.*)", text)
-    reason = "; ".join(dict.fromkeys(e.strip() for e in expected)) or " ".join(text.split()[3:])
+    expected = re.findall(r"Expected an? (?:<class '([^']+)'>|([^.\n]+))", text)
+    names = dict.fromkeys((a or b).strip() for a, b in expected)
+    reason = "expected " + " or ".join(names) if names else " ".join(text.split()[3:])
     return f"{key.group(1)}: invalid value{value} ({reason})"
 
 
