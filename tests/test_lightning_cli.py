@@ -103,6 +103,7 @@ def test_trainer_flags_pass_through(run_env, tmp_path):
     assert (c.recipe.trainer.max_steps, c.recipe.optim.grad_clip) == (7, 0.25)
     assert c.recipe.trainer.limit_val_batches == 0.5
     assert cli("--trainer.fast_dev_run=2").trainer.fast_dev_run == 2
+    assert cli("--trainer.enable_checkpointing=false").trainer.checkpoint_callbacks == []
 
 
 def test_expert_parallel_is_a_strategy_argument(run_env):

@@ -51,7 +51,7 @@ scalars (trainer.max_steps=50, --router.name c2r); the defaults below are the re
                   which resumes at any expert-parallel size)
   --overwrite     start afresh even though trainer.out_dir already holds checkpoints
   --print-recipe  print the validated recipe and exit
-Precedence: recipe file < recipe overrides < --config files < --trainer.* flags."""
+Precedence: recipe file < recipe overrides < --config files (what --print_config prints) < --trainer.* flags."""
 
 # Recipe fields that are not parser arguments of their own: they are a Trainer argument's.
 ALIASED = {recipe_field for recipe_field in ALIASES.values()} | {("parallel", "expert_parallel")}
@@ -167,7 +167,8 @@ class MoelightCLI(LightningCLI):
             self.config_init = instantiate(self.config)
             kwargs = {k: v for k, v in self.config_init["trainer"].items() if k not in TRAINER_ONLY_RECIPE}
             has_loggers = kwargs["logger"] not in (None, False, [])
-            own = moelight_callbacks(self.recipe, kwargs["enable_progress_bar"], has_loggers)
+            checkpointing = kwargs["enable_checkpointing"] is not False
+            own = moelight_callbacks(self.recipe, kwargs["enable_progress_bar"], has_loggers, checkpointing)
             user = kwargs["callbacks"] or []
             kwargs["callbacks"] = own + (user if isinstance(user, list) else [user])
             kwargs["plugins"] = with_atomic_io(

@@ -101,8 +101,17 @@ def check_expert_parallel(recipe: Recipe) -> None:
         check_expert_parallel_recipe(recipe)  # before launch: one clean error, not one per rank
 
 
-def moelight_callbacks(recipe: Recipe, progress_bar: bool, has_loggers: bool) -> list[L.Callback]:
+def moelight_callbacks(
+    recipe: Recipe, progress_bar: bool, has_loggers: bool, checkpointing: bool = True
+) -> list[L.Callback]:
     """Periodic and final checkpoints under out_dir, the step progress bar, the LR monitor."""
+    callbacks: list[L.Callback] = []
+    if progress_bar:
+        callbacks.append(StepProgressBar())
+    if has_loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if not checkpointing:  # Trainer(enable_checkpointing=False) refuses checkpoint callbacks
+        return callbacks
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir(recipe),
         filename="step{step:06d}",
@@ -112,12 +121,7 @@ def moelight_callbacks(recipe: Recipe, progress_bar: bool, has_loggers: bool) ->
         save_top_k=1,
         monitor=None,
     )
-    callbacks: list[L.Callback] = [checkpoint, SaveLast(checkpoint)]
-    if progress_bar:
-        callbacks.append(StepProgressBar())
-    if has_loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    return callbacks
+    return [checkpoint, SaveLast(checkpoint)] + callbacks
 
 
 def with_atomic_io(plugins: list | None) -> list:
