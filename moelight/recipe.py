@@ -17,7 +17,8 @@ from moelight.registry import dispatchers, load_plugin_modules, routers
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf/NaN are never meaningful recipe values (optim.lr=.inf trains straight to NaN).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -98,11 +99,21 @@ class TrainerConfig(Section):
     progress_bar: bool = True
     checkpoint_every_n_steps: int = Field(100, gt=0)
     compile: bool = False
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a non-finite loss or gradient norm: stop (exit 3), or skip that optimizer step"
+    )
+    max_nonfinite_skips: int = Field(3, gt=0, description="with on_nonfinite=skip: stop after n in a row")
+    check_routing_values: bool = Field(
+        True, description="check router outputs' values (id range, finite weights, duplicates) every step"
+    )
 
 
 class ParallelConfig(Section):
     expert_parallel: int = Field(1, gt=0, description="P: experts are split over P ranks")
     placement: str = Field("contiguous", description="'contiguous' or a placement file (.json/.npy)")
+    collective_timeout_s: float = Field(
+        300.0, gt=0, description="a rank waiting longer than this on the others stops the run"
+    )
 
 
 class ProfileConfig(Section):

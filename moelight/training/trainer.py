@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from moelight.errors import MoelightError
 from moelight.recipe import Recipe
 from moelight.training.checkpoint_io import AtomicCheckpointIO
+from moelight.training.nonfinite import NonFiniteGuard
 from moelight.training.progress import StepProgressBar
 from moelight.training.save_last import SaveLast
 
@@ -53,9 +54,11 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None, **overrides) ->
         save_last=True,
         save_top_k=1,
         monitor=None,
+        enable_version_counter=False,  # a moved or resumed run dir keeps its last.ckpt (no last-v1)
     )
     loggers = build_loggers(recipe)
-    cbs = [checkpoint, SaveLast(checkpoint)] + (callbacks or [])
+    cbs = [checkpoint, SaveLast(checkpoint), NonFiniteGuard(t.on_nonfinite, t.max_nonfinite_skips)]
+    cbs += callbacks or []
     if t.progress_bar:
         cbs.append(StepProgressBar())
     if loggers:
