@@ -21,6 +21,7 @@ def nan_router(from_call: int, until_call: int | None = None) -> list[str]:
         "router.name=faulty",
         "router.fault=nan_weights",
         f"router.from_call={from_call}",
+        "trainer.check_routing_values=false",  # else the Routing contract check names it first
     ]
     return out + ([f"router.until_call={until_call}"] if until_call else [])
 
