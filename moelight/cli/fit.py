@@ -13,52 +13,25 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from moelight.cli.args import split_args
-from moelight.errors import MoelightError
 from moelight.recipe import Recipe, load_recipe
-from moelight.training.checkpoint_io import check_checkpoint_file
+from moelight.training.run_dir import prepare_run
+from moelight.training.storage import storage_errors
 from moelight.training.trainer import build_trainer, checkpoint_dir
 
 HELP = """usage: moelight fit [RECIPE.yaml] [key.path=value | --key.path value ...] [--resume last|PATH]
 
 Train the model a recipe describes. Without a recipe, the embedded default (recipes/quickstart.yaml)
 is used. Overrides are parsed as YAML scalars, e.g. trainer.max_steps=50 --router.name c2r.
-  --resume last   continue from <trainer.out_dir>/checkpoints/last.ckpt (step count and data position)
+  --resume last   continue from the newest complete checkpoint in <trainer.out_dir>/checkpoints
+                  (step count and data position); model, router and optim must match its recipe
   --resume PATH   continue from a given checkpoint (a file, or an expert-parallel checkpoint directory,
                   which resumes at any parallel.expert_parallel)
-  --overwrite     start afresh even though trainer.out_dir already holds checkpoints (they are
-                  replaced as the new run saves)
+  --overwrite     start afresh although trainer.out_dir holds an earlier run: its checkpoints and
+                  recipe.yaml are moved to <trainer.out_dir>/replaced/<UTC time>/ (nothing is deleted)
   --print-recipe  print the validated recipe and exit
 """
 
 console = Console()
-
-
-def resolve_resume(recipe: Recipe, resume: str | None) -> str | None:
-    if resume is None:
-        return None
-    if resume == "last":
-        candidates = [checkpoint_dir(recipe) / "last.ckpt", checkpoint_dir(recipe) / "last"]
-        found = next((c for c in candidates if c.exists()), None)
-        if found is None:
-            raise MoelightError(
-                f"--resume last: no checkpoint in {checkpoint_dir(recipe)} (train first, or set trainer.out_dir)"
-            )
-        resume = str(found)
-    if Path(resume).is_dir():
-        return resolve_sharded(recipe, Path(resume))
-    check_checkpoint_file(resume)
-    return resume
-
-
-def resolve_sharded(recipe: Recipe, path: Path) -> str:
-    """A sharded (expert-parallel) checkpoint directory: refuse it unless complete; without expert
-    parallelism, Lightning loads ordinary files, so gather the shards into one (once, kept beside them)."""
-    from moelight.parallel.checkpoint import check_sharded, consolidated
-
-    if recipe.parallel.expert_parallel > 1:
-        check_sharded(path)
-        return str(path)  # the expert_parallel strategy reads (and reshards) it
-    return str(consolidated(path))  # checks it too
 
 
 def report_model(recipe: Recipe) -> None:
@@ -86,20 +59,8 @@ def run(argv: list[str]) -> int:
     if args.flags.get("--print-recipe"):
         print(recipe.to_yaml())
         return 0
-    ckpt_path = resolve_resume(recipe, args.flags.get("--resume"))
-    if ckpt_path is None and not args.flags.get("--overwrite"):
-        refuse_to_overwrite(recipe)
+    ckpt_path = prepare_run(recipe, args.flags.get("--resume"), bool(args.flags.get("--overwrite")))
     return fit(recipe, ckpt_path)
-
-
-def refuse_to_overwrite(recipe: Recipe) -> None:
-    """A fresh run would replace an earlier run's checkpoints: make the user say which they mean."""
-    existing = checkpoint_dir(recipe)
-    if existing.is_dir() and any(existing.iterdir()):
-        raise MoelightError(
-            f"{existing} already holds checkpoints of an earlier run; continue it with --resume last, "
-            "start afresh over it with --overwrite, or set another trainer.out_dir"
-        )
 
 
 def fit(recipe: Recipe, ckpt_path: str | None = None) -> int:
@@ -118,7 +79,8 @@ def fit(recipe: Recipe, ckpt_path: str | None = None) -> int:
         (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with storage_errors(recipe.trainer.out_dir):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         pass  # Lightning's SystemExit(None) would exit 0; handled below
     wall = time.perf_counter() - start
