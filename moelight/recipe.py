@@ -235,6 +235,8 @@ def read_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     parent = data.pop("extends", None)
     if parent is None:
         return data
+    if not isinstance(parent, str):
+        raise MoelightError(f"{path}: extends: must name one recipe file, got {parent!r}")
     return merge(read_recipe_dict(path.parent / parent, _seen + (path,)), data)
 
 
