@@ -13,8 +13,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from moelight.cli.args import split_args
+from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.run_dir import prepare_run
+from moelight.training.signals import exit_code, stop_signal
 from moelight.training.storage import storage_errors
 from moelight.training.trainer import build_trainer, checkpoint_dir
 
@@ -79,15 +81,22 @@ def fit(recipe: Recipe, ckpt_path: str | None = None) -> int:
         (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
     start = time.perf_counter()
     try:
-        with storage_errors(recipe.trainer.out_dir):
+        t = recipe.trainer
+        with (
+            storage_errors(t.out_dir),
+            peer_failures(trainer, t.out_dir, recipe.parallel.collective_timeout_s),
+        ):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         pass  # Lightning's SystemExit(None) would exit 0; handled below
     wall = time.perf_counter() - start
-    if trainer.received_sigterm:
+    stopped_by = stop_signal(trainer)
+    if stopped_by is not None:
         # Schedulers must see a preemption as a failure so that they requeue the job.
-        console.print(f"[yellow]stopped by SIGTERM at step {trainer.global_step}; last.ckpt is saved[/]")
-        return 143
+        console.print(
+            f"[yellow]stopped by {stopped_by.name} at step {trainer.global_step}; last.ckpt is saved[/]"
+        )
+        return exit_code(stopped_by)
     if trainer.is_global_zero:
         val = trainer.callback_metrics.get("val/loss")
         val_text = f"val loss {float(val):.4f}, " if val is not None else ""

@@ -188,7 +188,7 @@ def move_aside(recipe: Recipe) -> Path | None:
 
 def refuse_to_overwrite(recipe: Recipe) -> None:
     existing = checkpoints_of(recipe)
-    if existing.is_dir() and any(existing.iterdir()):
+    if existing.is_dir() and any(not p.name.startswith(".") for p in existing.iterdir()):  # .partial: no
         raise MoelightError(
             f"{existing} already holds checkpoints of an earlier run; continue it with --resume last, "
             "start afresh with --overwrite (moves them to "

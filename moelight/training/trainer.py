@@ -10,11 +10,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from moelight.errors import MoelightError
+from moelight.parallel.liveness import RankRegistry
 from moelight.recipe import Recipe
 from moelight.training.checkpoint_io import AtomicCheckpointIO
 from moelight.training.nonfinite import NonFiniteGuard
 from moelight.training.progress import StepProgressBar
 from moelight.training.save_last import SaveLast
+from moelight.training.signals import PreemptionGuard
 
 
 def checkpoint_dir(recipe: Recipe) -> Path:
@@ -36,11 +38,16 @@ def build_loggers(recipe: Recipe) -> list:
 
 def build_strategy(recipe: Recipe):
     if recipe.parallel.expert_parallel > 1:
+        from datetime import timedelta
+
         from moelight.parallel.strategy import ExpertParallelStrategy
         from moelight.parallel.validate import check_expert_parallel_recipe
 
         check_expert_parallel_recipe(recipe)  # before launch: one clean error, not one per rank
-        return ExpertParallelStrategy(expert_parallel=recipe.parallel.expert_parallel)
+        return ExpertParallelStrategy(
+            expert_parallel=recipe.parallel.expert_parallel,
+            timeout=timedelta(seconds=recipe.parallel.collective_timeout_s),
+        )
     return "auto"
 
 
@@ -58,6 +65,7 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None, **overrides) ->
     )
     loggers = build_loggers(recipe)
     cbs = [checkpoint, SaveLast(checkpoint), NonFiniteGuard(t.on_nonfinite, t.max_nonfinite_skips)]
+    cbs += [PreemptionGuard(), RankRegistry(t.out_dir)]
     cbs += callbacks or []
     if t.progress_bar:
         cbs.append(StepProgressBar())
