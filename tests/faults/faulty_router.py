@@ -7,6 +7,7 @@ plain softmax top-k router.
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import torch
@@ -25,6 +26,9 @@ class FaultyRouter(Router):
         from_call: int = Field(1, ge=1, description="the first training call that misbehaves")
         until_call: int | None = Field(None, ge=1, description="the last one (None: every later call)")
         layer: int = Field(0, ge=0, description="the model layer whose router misbehaves")
+        delay_s: float = Field(
+            0.0, ge=0, description="sleep per training call: slows steps down for signal tests"
+        )
 
     def __init__(self, params: Params, ctx: LayerContext):
         super().__init__(params, ctx)
@@ -37,6 +41,7 @@ class FaultyRouter(Router):
         weights, experts = torch.softmax(logits, -1).topk(self.ctx.top_k, dim=-1)
         if self.training:
             self.calls += 1
+            time.sleep(self.params.delay_s)
         p = self.params
         misbehaves = p.from_call <= self.calls <= (p.until_call or self.calls)
         if not self.training or not misbehaves or self.ctx.layer_index != p.layer:
