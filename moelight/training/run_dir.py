@@ -44,7 +44,7 @@ def checkpoints_of(recipe: Recipe) -> Path:
 
 def is_first_process() -> bool:
     """The process that launches the others (or rank 0 of torchrun/SLURM)."""
-    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 # ---- reading checkpoints cheaply ---------------------------------------------------------------
