@@ -41,6 +41,7 @@ from torch import nn
 
 from moelight.errors import MoelightError
 from moelight.experts import ExpertWeights
+from moelight.parallel.liveness import mentions_peer_failure
 from moelight.training.checkpoint_io import checkpoint_corrupt, publish
 from moelight.training.storage import save_failed, tensor_bytes
 
@@ -261,6 +262,10 @@ def save_sharded(
             raise
         if _rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # never leave a disk filled by a failed save
+        if mentions_peer_failure(str(exc)):  # a rank was lost mid-save, not a storage problem
+            raise RuntimeError(
+                f"a collective failed while saving {path}: connection closed by peer"
+            ) from None
         raise save_failed(path, exc, tensor_bytes(tensors)) from None
     _barrier()
 

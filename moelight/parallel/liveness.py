@@ -81,9 +81,12 @@ class RankRegistry(L.Callback):
             register_rank(self.out_dir, trainer.global_rank)
 
 
+def mentions_peer_failure(text: str) -> bool:
+    return any(p in text.lower() for p in PEER_FAILURE)
+
+
 def is_peer_failure(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError | OSError) and any(p in text for p in PEER_FAILURE)
+    return isinstance(exc, RuntimeError | OSError) and mentions_peer_failure(str(exc))
 
 
 @contextmanager
