@@ -26,8 +26,11 @@ from conftest import TINY  # noqa: E402
 from moelight.cli.main import main  # noqa: E402 (imported before forking: trials skip start-up)
 
 
-def fork_fit(argv: list[str], log: Path, kill_after: float | None = None) -> tuple[int, bool]:
-    """(exit code, killed?) of `moelight fit argv` in a forked child."""
+def fork_fit(
+    argv: list[str], log: Path, kill_after: float | None = None, clock_from: Path | None = None
+) -> tuple[int, bool, float | None]:
+    """(exit code, killed?, seconds until `clock_from` appeared) of `moelight fit argv` in a forked
+    child, SIGKILLed `kill_after` seconds after `clock_from` exists (after the fork if None)."""
     pid = os.fork()
     if pid == 0:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -43,15 +46,18 @@ def fork_fit(argv: list[str], log: Path, kill_after: float | None = None) -> tup
             traceback.print_exc()
             code = 1
         os._exit(code)
-    deadline = None if kill_after is None else time.monotonic() + kill_after
+    start = time.monotonic()
+    appeared = None if clock_from is not None else start
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status), False
-        if deadline is not None and time.monotonic() >= deadline:
+            return os.waitstatus_to_exitcode(status), False, appeared and appeared - start
+        if appeared is None and clock_from.exists():
+            appeared = time.monotonic()
+        if kill_after is not None and appeared is not None and time.monotonic() >= appeared + kill_after:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return -9, True
+            return -9, True, appeared - start
         time.sleep(0.002)
 
 
@@ -60,11 +66,11 @@ def resume_to_end(args: list[str], log: Path) -> list[int]:
     codes = []
     for _ in range(3):
         mark = log.stat().st_size if log.exists() else 0
-        code, _ = fork_fit([*args, "--resume", "last"], log)
+        code, _, _ = fork_fit([*args, "--resume", "last"], log)
         codes.append(code)
         text = log.read_bytes()[mark:].decode(errors="replace")
         if code == 2 and "no complete checkpoint" in " ".join(text.split()):
-            code, _ = fork_fit(args, log)  # nothing was saved: the same fresh run
+            code, _, _ = fork_fit(args, log)  # nothing was saved: the same fresh run
             codes.append(code)
         if code == 0 or (code == 2 and "nothing to train" in " ".join(text.split())):
             return codes
@@ -89,16 +95,22 @@ def main_() -> None:
     ]
     ref_args = [*base, f"trainer.out_dir={work / 'reference'}"]
     t0 = time.monotonic()
-    code, _ = fork_fit(ref_args, work / "reference.log")
+    ref_ckpts = work / "reference" / "checkpoints"
+    code, _, setup_s = fork_fit(ref_args, work / "reference.log", clock_from=ref_ckpts)
     reference_s = time.monotonic() - t0
     assert code == 0, (work / "reference.log").read_text()[-3000:]
+    # Most kills land while training saves every step (the clock starts when the checkpoint
+    # directory appears, at the first save); every 5th lands anywhere, start-up included.
+    training_s = reference_s - setup_s
     rng = random.Random(a.seed)
     trials = []
     for i in range(a.trials):
         args = [*base, f"trainer.out_dir={work / f'trial{i}'}"]
-        delay = rng.uniform(0.0, reference_s)
+        anywhere = i % 5 == 4
+        delay = rng.uniform(0.0, reference_s if anywhere else training_s)
         log = work / f"trial{i}.log"
-        code, killed = fork_fit(args, log, kill_after=delay)
+        clock = None if anywhere else work / f"trial{i}" / "checkpoints"
+        code, killed, _ = fork_fit(args, log, kill_after=delay, clock_from=clock)
         codes = resume_to_end(args, log)
         trials.append(
             {"trial": i, "kill_after_s": round(delay, 3), "killed": killed, "first": code, "resumes": codes}
@@ -126,7 +138,8 @@ def main_() -> None:
         except Exception as exc:  # a missing or unreadable checkpoint is a failed trial
             t["equal"] = False
             t["error"] = repr(exc)[:300]
-    Path(a.out).write_text(json.dumps({"reference_s": reference_s, "trials": trials}, indent=1))
+    summary = {"reference_s": reference_s, "training_s": training_s, "trials": trials}
+    Path(a.out).write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -40,5 +40,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(t
     failed = [t for t in trials if not t["equal"]]
     assert not failed, failed[:3]
     assert sum(t["killed"] for t in trials) >= TRIALS // 2, "most kills should land mid-run"
+    mid_run = sum(t["resumes"][:1] == [0] for t in trials)  # resumed from a checkpoint of the killed run
+    assert mid_run >= TRIALS // 3, f"only {mid_run} trials resumed from a mid-run checkpoint"
     staged = [p for p in tmpdir.rglob("*") if p.is_file() and p.stat().st_size > 100_000]
     assert not staged, f"checkpoint-sized files staged in $TMPDIR: {staged[:3]}"
