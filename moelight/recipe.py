@@ -17,7 +17,8 @@ from moelight.registry import dispatchers, load_plugin_modules, routers
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf/NaN are never meaningful recipe values (optim.lr=.inf trains straight to NaN).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -117,6 +118,13 @@ class TrainerConfig(Section):
     progress_bar: bool = Field(True, description="rich progress bar (Lightning's enable_progress_bar)")
     checkpoint_every_n_steps: int = Field(100, gt=0, description="save a checkpoint every n steps")
     compile: bool = False
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a non-finite loss or gradient norm: stop (exit 3), or skip that optimizer step"
+    )
+    max_nonfinite_skips: int = Field(3, gt=0, description="with on_nonfinite=skip: stop after n in a row")
+    check_routing_values: bool = Field(
+        True, description="check router outputs' values (id range, finite weights, duplicates) every step"
+    )
 
 
 class ParallelConfig(Section):
@@ -127,6 +135,9 @@ class ParallelConfig(Section):
         "expert_parallel (same as --trainer.strategy.expert_parallel P)",
     )
     placement: str = Field("contiguous", description="'contiguous' or a placement file (.json/.npy)")
+    collective_timeout_s: float = Field(
+        300.0, gt=0, description="a rank waiting longer than this on the others stops the run"
+    )
 
 
 class ProfileConfig(Section):
@@ -248,6 +259,8 @@ def read_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     parent = data.pop("extends", None)
     if parent is None:
         return data
+    if not isinstance(parent, str):
+        raise MoelightError(f"{path}: extends: must name one recipe file, got {parent!r}")
     return merge(read_recipe_dict(path.parent / parent, _seen + (path,)), data)
 
 

@@ -16,40 +16,14 @@ from rich.console import Console
 
 from moelight.cli.fit_args import split_fit_args
 from moelight.cli.lightning_cli import MoelightCLI
-from moelight.errors import MoelightError
+from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
-from moelight.training.checkpoint_io import check_checkpoint_file
+from moelight.training.run_dir import prepare_run
+from moelight.training.signals import exit_code, stop_signal
+from moelight.training.storage import storage_errors
 from moelight.training.trainer import checkpoint_dir
 
 console = Console()
-
-
-def resolve_resume(recipe: Recipe, resume: str | None) -> str | None:
-    if resume is None:
-        return None
-    if resume == "last":
-        candidates = [checkpoint_dir(recipe) / "last.ckpt", checkpoint_dir(recipe) / "last"]
-        found = next((c for c in candidates if c.exists()), None)
-        if found is None:
-            raise MoelightError(
-                f"--resume last: no checkpoint in {checkpoint_dir(recipe)} (train first, or set trainer.out_dir)"
-            )
-        resume = str(found)
-    if Path(resume).is_dir():
-        return resolve_sharded(recipe, Path(resume))
-    check_checkpoint_file(resume)
-    return resume
-
-
-def resolve_sharded(recipe: Recipe, path: Path) -> str:
-    """A sharded (expert-parallel) checkpoint directory: refuse it unless complete; without expert
-    parallelism, Lightning loads ordinary files, so gather the shards into one (once, kept beside them)."""
-    from moelight.parallel.checkpoint import check_sharded, consolidated
-
-    if recipe.parallel.expert_parallel > 1:
-        check_sharded(path)
-        return str(path)  # the expert_parallel strategy reads (and reshards) it
-    return str(consolidated(path))  # checks it too
 
 
 def report_model(recipe: Recipe) -> None:
@@ -78,27 +52,10 @@ def run(argv: list[str]) -> int:
     if args.print_recipe:
         print(cli.recipe.to_yaml())
         return 0
-    ckpt_path = prepare_run_dir(cli.recipe, args.resume, args.overwrite)
+    # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
+    # it refuses a mismatching resume before anything in the run directory is written.
+    ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
     return fit_cli(cli, ckpt_path)
-
-
-def prepare_run_dir(recipe: Recipe, resume: str | None, overwrite: bool) -> str | None:
-    """The one place that decides between resuming and a fresh start: the checkpoint to resume
-    from, or None after making sure a fresh run replaces no earlier run's checkpoints unasked."""
-    ckpt_path = resolve_resume(recipe, resume)
-    if ckpt_path is None and not overwrite:
-        refuse_to_overwrite(recipe)
-    return ckpt_path
-
-
-def refuse_to_overwrite(recipe: Recipe) -> None:
-    """A fresh run would replace an earlier run's checkpoints: make the user say which they mean."""
-    existing = checkpoint_dir(recipe)
-    if existing.is_dir() and any(existing.iterdir()):
-        raise MoelightError(
-            f"{existing} already holds checkpoints of an earlier run; continue it with --resume last, "
-            "start afresh over it with --overwrite, or set another trainer.out_dir"
-        )
 
 
 def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:
@@ -116,14 +73,22 @@ def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None) -> int:
         (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
     start = time.perf_counter()
     try:
-        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        t = recipe.trainer
+        with (
+            storage_errors(t.out_dir),
+            peer_failures(trainer, t.out_dir, recipe.parallel.collective_timeout_s),
+        ):
+            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         pass  # Lightning's SystemExit(None) would exit 0; handled below
     wall = time.perf_counter() - start
-    if trainer.received_sigterm:
+    stopped_by = stop_signal(trainer)
+    if stopped_by is not None:
         # Schedulers must see a preemption as a failure so that they requeue the job.
-        console.print(f"[yellow]stopped by SIGTERM at step {trainer.global_step}; last.ckpt is saved[/]")
-        return 143
+        console.print(
+            f"[yellow]stopped by {stopped_by.name} at step {trainer.global_step}; last.ckpt is saved[/]"
+        )
+        return exit_code(stopped_by)
     if trainer.is_global_zero:
         val = trainer.callback_metrics.get("val/loss")
         val_text = f"val loss {float(val):.4f}, " if val is not None else ""

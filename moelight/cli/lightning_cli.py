@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import warnings
 from argparse import ArgumentError, RawDescriptionHelpFormatter
+from datetime import timedelta
 from typing import Any
 
 import lightning as L
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from moelight.cli.parse_errors import parser_error_line, trainer_errors
@@ -46,10 +48,12 @@ DESCRIPTION = """Train the model a recipe describes: moelight fit [RECIPE.yaml] 
 [--resume last|PATH] [--overwrite] [--print-recipe] [--trainer.<Trainer argument> value ...]
 Without a recipe, the embedded default (recipes/quickstart.yaml) is used. Recipe overrides are YAML
 scalars (trainer.max_steps=50, --router.name c2r); the defaults below are the recipe's values.
-  --resume last   continue from <trainer.out_dir>/checkpoints/last.ckpt (step count and data position)
+  --resume last   continue from the newest complete checkpoint in <trainer.out_dir>/checkpoints
+                  (step count and data position); model, router and optim must match its recipe
   --resume PATH   continue from a given checkpoint (a file, or an expert-parallel checkpoint directory,
                   which resumes at any expert-parallel size)
-  --overwrite     start afresh even though trainer.out_dir already holds checkpoints
+  --overwrite     start afresh although trainer.out_dir holds an earlier run: its checkpoints and
+                  recipe.yaml are moved to <trainer.out_dir>/replaced/<UTC time>/ (nothing is deleted)
   --print-recipe  print the validated recipe and exit
 Precedence: recipe file < recipe overrides < --config files (what --print_config prints) < --trainer.* flags."""
 
@@ -191,6 +195,9 @@ class MoelightCLI(LightningCLI):
         from moelight.parallel.strategy import ExpertParallelStrategy
 
         strategy = self.trainer.strategy
+        if isinstance(strategy, ExpertParallelStrategy) and strategy._timeout == default_pg_timeout:
+            # a strategy named on the command line gets the recipe's collective timeout too
+            strategy._timeout = timedelta(seconds=recipe.parallel.collective_timeout_s)
         size = strategy.expert_parallel if isinstance(strategy, ExpertParallelStrategy) else 1
         if size == recipe.parallel.expert_parallel:
             return recipe

@@ -18,10 +18,13 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from moelight.errors import MoelightError
+from moelight.parallel.liveness import RankRegistry
 from moelight.recipe import Recipe
 from moelight.training.checkpoint_io import AtomicCheckpointIO
+from moelight.training.nonfinite import NonFiniteGuard
 from moelight.training.progress import StepProgressBar
 from moelight.training.save_last import SaveLast
+from moelight.training.signals import PreemptionGuard
 
 # Recipe `trainer` fields that are Lightning Trainer arguments of the same name.
 SAME_NAMED = (
@@ -79,9 +82,14 @@ def build_loggers(recipe: Recipe) -> list:
 def strategy_spec(recipe: Recipe) -> tuple[type, dict[str, Any]] | str:
     """`parallel.expert_parallel` > 1 selects the expert_parallel strategy with that P."""
     if recipe.parallel.expert_parallel > 1:
+        from datetime import timedelta
+
         from moelight.parallel.strategy import ExpertParallelStrategy
 
-        return ExpertParallelStrategy, {"expert_parallel": recipe.parallel.expert_parallel}
+        return ExpertParallelStrategy, {
+            "expert_parallel": recipe.parallel.expert_parallel,
+            "timeout": timedelta(seconds=recipe.parallel.collective_timeout_s),
+        }
     return "auto"
 
 
@@ -104,8 +112,14 @@ def check_expert_parallel(recipe: Recipe) -> None:
 def moelight_callbacks(
     recipe: Recipe, progress_bar: bool, has_loggers: bool, checkpointing: bool = True
 ) -> list[L.Callback]:
-    """Periodic and final checkpoints under out_dir, the step progress bar, the LR monitor."""
-    callbacks: list[L.Callback] = []
+    """The divergence and signal guards, the rank registry, the step progress bar, the LR monitor,
+    and periodic and final checkpoints under out_dir."""
+    t = recipe.trainer
+    callbacks: list[L.Callback] = [
+        NonFiniteGuard(t.on_nonfinite, t.max_nonfinite_skips),
+        PreemptionGuard(),
+        RankRegistry(t.out_dir),
+    ]
     if progress_bar:
         callbacks.append(StepProgressBar())
     if has_loggers:
@@ -120,6 +134,7 @@ def moelight_callbacks(
         save_last=True,
         save_top_k=1,
         monitor=None,
+        enable_version_counter=False,  # a moved or resumed run dir keeps its last.ckpt (no last-v1)
     )
     return [checkpoint, SaveLast(checkpoint)] + callbacks
 
