@@ -2,7 +2,7 @@
 
     python benchmarks/bench_suite.py cpu --out bench-results/cpu     # this machine's CPU
     python benchmarks/bench_suite.py gpu --out bench-results/gpu     # on a CUDA machine (H100)
-    python benchmarks/bench_suite.py comm --data ../shared/data/c2r --out bench-results/comm
+    python benchmarks/bench_suite.py comm --data data/c2r-paper --out bench-results/comm
 
 Every run is a `moelight bench ...` command (printed before it runs), writing its table to the
 terminal, its JSON to --out and the same tables as Markdown next to it (for docs/benchmarks.md). Candidates that are not installed (e.g. megablocks without
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="CPU suite: torch threads (1 steadies shared machines)"
     )
     parser.add_argument(
-        "--data", type=Path, help="comm suite: the C2R reference data folder (shared/data/c2r)"
+        "--data", type=Path, help="comm suite: the C2R reference data folder (data/c2r-paper)"
     )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

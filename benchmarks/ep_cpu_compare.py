@@ -11,7 +11,8 @@ so every token's experts sit on one device), each dispatched by `grouplocal` wit
 all2all bytes (both directions) and distinct devices per token and MoE layer, summed over both
 ranks, and the full training-step time (forward, backward, gradient sync, clipping, AdamW),
 timed round-robin across configurations (order rotated each round) after a warm-up, the slower
-rank's time per round. Prints a table and writes JSON.
+rank's time per round. Prints a table and writes JSON. On loopback gloo bytes are nearly free;
+`moelight bench ep` runs the same comparison over an emulated interconnect.
 """
 
 from __future__ import annotations
@@ -29,19 +30,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
+from moelight.bench.ep import COUNTERS, Candidate, batches_for_rank
 from moelight.bench.timing import interleaved, paired_speedups, summarize
-from moelight.data.datamodule import MoEDataModule
-from moelight.model.build import build_model
-from moelight.parallel.grad_sync import clip_by_global_norm, expert_parameters, reduce_expert_grads
 from moelight.parallel.groups import build_groups
 from moelight.recipe import Recipe, load_recipe
-from moelight.training.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
-COUNTERS = ("tokens", "rows", "remote_rows", "bytes", "device_visits")
 
 
 def configurations(recipe: Recipe) -> dict[str, list[str]]:
@@ -55,63 +50,6 @@ def configurations(recipe: Recipe) -> dict[str, list[str]]:
     }
 
 
-class Candidate:
-    """One configuration's model, optimizer and batch stream on this rank."""
-
-    def __init__(self, recipe: Recipe, groups, batches: list):
-        torch.manual_seed(recipe.seed)  # the same initial model for every configuration
-        model = build_model(recipe, groups.ep)
-        self.experts = list(expert_parameters(model).values())
-        self.expert_ids = {id(p) for p in self.experts}
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            model, list(expert_parameters(model))
-        )
-        self.model = model
-        self.ddp = DistributedDataParallel(model)
-        self.optimizer = build_optimizer(model, recipe.optim, recipe.trainer.max_steps)["optimizer"]
-        self.grad_clip = recipe.optim.grad_clip
-        self.groups = groups
-        self.batches = batches
-        self.i = 0
-
-    def step(self) -> None:
-        x, y = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        logits = self.ddp(x)
-        loss = (
-            F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1)) + self.model.aux_loss()
-        )
-        loss.backward()
-        g = self.groups
-        reduce_expert_grads(self.experts, g.edp_group, g.edp_size, g.world_size)
-        if self.grad_clip:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            clip_by_global_norm(params, self.expert_ids, self.grad_clip, g.ep.group)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def reset_counters(self) -> None:
-        for layer in self.model.moe_layers:
-            layer.dispatcher.stats.reset()
-
-    def counters(self) -> dict[str, int]:
-        out = dict.fromkeys(COUNTERS, 0)
-        for layer in self.model.moe_layers:
-            for key in COUNTERS:
-                out[key] += getattr(layer.dispatcher.stats, key)
-        return out
-
-
-def batches_for_rank(recipe: Recipe, world: int, rank: int, count: int) -> list:
-    data = MoEDataModule(recipe.data, seed=recipe.seed)
-    sampler = iter(data.train_sampler(world, rank))
-    out = []
-    for _ in range(count):
-        items = [data.train_dataset[next(sampler)] for _ in range(recipe.data.batch_size)]
-        out.append((torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])))
-    return out
-
-
 def worker(rank: int, port: int, args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     base = load_recipe(args.recipe, args.overrides)
@@ -120,7 +58,7 @@ def worker(rank: int, port: int, args: argparse.Namespace) -> None:
     groups = build_groups(world, "cpu")
     batches = batches_for_rank(base, world, rank, args.warmup + args.steps)
     candidates = {
-        name: Candidate(load_recipe(args.recipe, args.overrides + extra), groups, batches)
+        name: Candidate(load_recipe(args.recipe, args.overrides + extra), groups, groups.ep, batches)
         for name, extra in configurations(base).items()
     }
     for c in candidates.values():  # warm-up, then count only the timed steps

@@ -1,11 +1,45 @@
-"""The public plugin API: everything a router or dispatcher plugin needs."""
+"""The public plugin API: everything a router or dispatcher plugin needs, and all it should import.
 
+Contracts (`Router`, `Routing`, `Dispatcher`, `LayerContext`, `ExpertWeights`), the registries,
+the standard routing math and parameters, gate networks, the selection-only expert bias,
+collaboration lists, and the kernels and expert-parallel all_to_all a dispatcher may reuse. The
+checks a plugin's tests run are in `moelight.testing`.
+"""
+
+from moelight.collaboration import coactivation_counts, collaborators_from_counts, is_collaborator_list
 from moelight.dispatch import Dispatcher, DispatchStats, ExpertParallelContext
 from moelight.errors import ConfigError, MoelightError
+from moelight.expert_bias import register_expert_bias, update_expert_bias
 from moelight.experts import ExpertWeights
+from moelight.gate_network import GateNetwork, GateNoise, build_gate
+from moelight.kernels import KernelMode, select_impl
+from moelight.kernels.combine import combine_rows
+from moelight.kernels.counting_sort import counting_sort
+from moelight.kernels.permute import gather_rows
+from moelight.kernels.row_plan import row_plan
+from moelight.kernels.token_slots import token_slots
 from moelight.layer_context import LayerContext
+from moelight.parallel.all_to_all import all_to_all_counts
+from moelight.parallel.all_to_all import launch as launch_all_to_all
+from moelight.parallel.all_to_all import wait as wait_all_to_all
 from moelight.registry import dispatchers, routers
+from moelight.router_losses import (
+    LoadMembership,
+    Score,
+    balance_probs,
+    combine_weights,
+    cv_balance_loss,
+    cv_squared,
+    expert_counts,
+    load_balancing_loss,
+    router_scores,
+    smooth_load,
+    standard_aux_losses,
+    standard_routing,
+    z_loss,
+)
 from moelight.routing import PluginParams, Router, Routing
+from moelight.standard_router import StandardRoutingParams, finish_routing
 
 __all__ = [
     "ConfigError",
@@ -13,11 +47,44 @@ __all__ = [
     "Dispatcher",
     "ExpertParallelContext",
     "ExpertWeights",
+    "GateNetwork",
+    "GateNoise",
+    "KernelMode",
     "LayerContext",
+    "LoadMembership",
     "MoelightError",
     "PluginParams",
     "Router",
     "Routing",
+    "Score",
+    "StandardRoutingParams",
+    "all_to_all_counts",
+    "balance_probs",
+    "build_gate",
+    "coactivation_counts",
+    "collaborators_from_counts",
+    "combine_rows",
+    "combine_weights",
+    "counting_sort",
+    "cv_balance_loss",
+    "cv_squared",
     "dispatchers",
+    "expert_counts",
+    "finish_routing",
+    "gather_rows",
+    "is_collaborator_list",
+    "launch_all_to_all",
+    "load_balancing_loss",
+    "register_expert_bias",
+    "router_scores",
     "routers",
+    "row_plan",
+    "select_impl",
+    "smooth_load",
+    "standard_aux_losses",
+    "standard_routing",
+    "token_slots",
+    "update_expert_bias",
+    "wait_all_to_all",
+    "z_loss",
 ]

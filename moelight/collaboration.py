@@ -33,6 +33,13 @@ def coactivation_counts(experts: torch.Tensor, num_experts: int) -> torch.Tensor
     return counts
 
 
+def off_diagonal(counts: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A float64 copy of co-activation counts [..., E, E] with a zero diagonal (no self-collaboration)."""
+    c = torch.as_tensor(counts).to(torch.float64).clone()
+    c.diagonal(dim1=-2, dim2=-1).zero_()
+    return c
+
+
 def collaborators_from_counts(counts: torch.Tensor) -> torch.Tensor:
     """Collaborator lists [..., E, E] from co-activation counts [..., E, E].
 
@@ -64,8 +71,7 @@ def concentration(counts: torch.Tensor, t: int) -> float:
     `counts`: [..., E, E] co-activation counts (diagonal ignored); leading dims (layers) are
     averaged too. Experts with no co-activation at all are left out of the mean (0.0 if none).
     """
-    c = torch.as_tensor(counts).to(torch.float64).clone()
-    c.diagonal(dim1=-2, dim2=-1).zero_()
+    c = off_diagonal(counts)
     t = max(0, min(int(t), c.shape[-1]))
     top = c.topk(t, dim=-1).values.sum(-1)
     total = c.sum(-1)

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from moelight.errors import ConfigError
 from moelight.experts import ExpertWeights
 from moelight.layer_context import LayerContext
 from moelight.routing import PluginParams, Routing
@@ -46,10 +47,12 @@ class Dispatcher(nn.Module):
 
     Built with `(params, ctx, experts, ep)`: its `Params`, the `LayerContext`, the layer's
     `ExpertWeights` (owned by the layer: held here without registering them twice) and the
-    `ExpertParallelContext`.
+    `ExpertParallelContext`. A dispatcher that sets `single_device = True` is refused, with a
+    recipe error, under expert parallelism.
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
+    single_device: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -64,6 +67,12 @@ class Dispatcher(nn.Module):
         object.__setattr__(self, "experts", experts)  # owned by the MoE layer
         self.ep = ep or ExpertParallelContext()
         self.stats = DispatchStats()
+        if self.single_device and self.ep.size > 1:
+            name = getattr(self, "plugin_name", type(self).__name__)
+            raise ConfigError(
+                "dispatcher.name",
+                f"{name!r} runs on one device; with parallel.expert_parallel > 1 use 'grouplocal'",
+            )
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -7,6 +7,7 @@ MegaBlocks' layout. Rows are the experts this rank holds, in the order of `globa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,11 @@ class ExpertWeights(nn.Module):
     def num_local(self) -> int:
         return len(self.global_ids)
 
+    def in_dtype(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(w1, v1, w2)` in `dtype`: the parameters themselves, or differentiable casts of them
+        (as autocast casts an nn.Linear's weight under bf16-mixed), for kernels that take raw tensors."""
+        return tuple(w if w.dtype == dtype else w.to(dtype) for w in (self.w1, self.v1, self.w2))
+
     def expert(self, x: torch.Tensor, local: int) -> torch.Tensor:
         """One expert's SwiGLU on rows `x: [n, d]`: the readable reference."""
         h = F.silu(x @ self.w1[local].t()) * (x @ self.v1[local].t())
@@ -67,3 +73,11 @@ class ExpertWeights(nn.Module):
         if not outs:
             return x_sorted.new_zeros(x_sorted.shape)
         return torch.cat(outs)
+
+
+def named_expert_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, ExpertWeights]]:
+    """Every expert parameter in `module`: (its name in `module`, the parameter, the ExpertWeights holding it)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, ExpertWeights):
+            for pname, p in sub.named_parameters(recurse=False):
+                yield (f"{name}.{pname}" if name else pname), p, sub

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from moelight.collaboration import off_diagonal
 from moelight.errors import MoelightError
 
 # Up to this many balanced partitions per layer, all are scored (exact); beyond, the heuristic.
@@ -49,9 +50,7 @@ EXACT_LIMIT = 20_000
 
 def _symmetric(counts: np.ndarray) -> np.ndarray:
     w = np.asarray(counts, dtype=np.float64)
-    w = w + w.T  # doubling changes no decision; makes any asymmetric input symmetric
-    np.fill_diagonal(w, 0.0)
-    return w
+    return off_diagonal(w + w.T).numpy()  # doubling changes no decision; makes any input symmetric
 
 
 def _check(num_experts: int, num_devices: int) -> int:
@@ -229,13 +228,10 @@ def optimize_placement(
 
 def kept_share(counts: np.ndarray | torch.Tensor, placement: torch.Tensor) -> torch.Tensor:
     """Per layer: the share of co-activation whose two experts sit on the same device ([L], float64)."""
-    c = torch.as_tensor(np.asarray(counts) if not isinstance(counts, torch.Tensor) else counts)
-    c = c.to(torch.float64)
+    c = off_diagonal(counts)
     if c.dim() == 2:
         c = c.unsqueeze(0)
     p = placement if placement.dim() == 2 else placement.unsqueeze(0)
-    c = c.clone()
-    c.diagonal(dim1=-2, dim2=-1).zero_()
     same = p[:, :, None] == p[:, None, :]
     total = c.sum((-2, -1))
     kept = (c * same).sum((-2, -1))

@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # before pyplot: headless machines and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from moelight.collaboration import off_diagonal  # noqa: E402
+
 # Curves that coincide (e.g. top-k and C2R with T = E-1) stay visible with distinct dashes/markers.
 _STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "x"), ("-.", "P")]
 
@@ -27,8 +29,7 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def _row_shares(counts: torch.Tensor) -> torch.Tensor:
-    c = torch.as_tensor(counts).to(torch.float64).clone()
-    c.diagonal(dim1=-2, dim2=-1).fill_(0)
+    c = off_diagonal(counts)
     return c / c.sum(-1, keepdim=True).clamp(min=1e-300)
 
 

@@ -48,6 +48,7 @@ from moelight.collaboration import (
     PROFILE_TENSORS,
     coactivation_counts,
     collaborators_from_counts,
+    off_diagonal,
     read_profile_tensors,
 )
 from moelight.errors import MoelightError
@@ -125,8 +126,7 @@ def histogram_tensors(
 def concentration_curve(counts: torch.Tensor) -> torch.Tensor:
     """[..., E-1]: entry T-1 is the mean over experts (with any co-activation) of the share of
     their co-activations held by their top-T collaborators; `collaboration.concentration` per T."""
-    c = torch.as_tensor(counts).to(torch.float64).clone()
-    c.diagonal(dim1=-2, dim2=-1).zero_()
+    c = off_diagonal(counts)
     e = c.shape[-1]
     # Off-diagonal counts, largest first; the diagonal zero sorts last and is dropped.
     top = c.sort(dim=-1, descending=True).values[..., : e - 1].cumsum(-1)
@@ -139,8 +139,7 @@ def concentration_curve(counts: torch.Tensor) -> torch.Tensor:
 
 def specialization(counts: torch.Tensor) -> torch.Tensor:
     """[..., E]: 1 - normalised entropy of each expert's collaboration distribution (NaN if none)."""
-    c = torch.as_tensor(counts).to(torch.float64).clone()
-    c.diagonal(dim1=-2, dim2=-1).zero_()
+    c = off_diagonal(counts)
     e = c.shape[-1]
     total = c.sum(-1, keepdim=True)
     p = c / total.clamp(min=1e-300)
@@ -248,27 +247,41 @@ def _single_process_model(recipe: Recipe) -> torch.nn.Module:
     return model
 
 
-def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path, overrides: list[str] | None = None, recipe_path: str | Path | None = None
+) -> LoadedModel:
     """The model of a moelight checkpoint with its weights, and its recipe (plus `overrides`).
 
     Reading goes through `moelight.model.init_from.read_checkpoint` (single-file Lightning
-    .ckpt, or a converted directory with its recipe.yaml), so a checkpoint format that
-    `model.init_from` learns (e.g. sharded expert-parallel directories) is profiled too.
+    .ckpt, sharded expert-parallel directory, or a converted directory with its recipe.yaml).
+    `recipe_path` replaces the recipe the checkpoint carries (needed for a bare .safetensors).
     """
     from moelight.model.init_from import read_checkpoint
-    from moelight.recipe import merge, parse_overrides, validate_recipe
+    from moelight.recipe import merge, parse_overrides, read_recipe_dict, validate_recipe
 
     state, recipe_dict = read_checkpoint(path)
+    if recipe_path is not None:
+        recipe_dict = read_recipe_dict(recipe_path)
     if recipe_dict is None:
         raise MoelightError(
             f"{path} carries no recipe (a Lightning checkpoint's hyper_parameters['recipe'] or a "
-            "converted directory's recipe.yaml): cannot tell which model to build"
+            "converted directory's recipe.yaml): cannot tell which model to build (pass a recipe)"
         )
     recipe_dict = merge(recipe_dict, parse_overrides(overrides or []))
     model_section = dict(recipe_dict.get("model") or {})
     model_section["init_from"] = None  # the checkpoint's own weights are loaded below
     recipe = validate_recipe({**recipe_dict, "model": model_section})
     model = _single_process_model(recipe)
+    own = model.state_dict()
+    mismatched = [
+        f"{k} {list(v.shape)} vs model {list(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise MoelightError(
+            f"{path}: the weights do not fit the model of its recipe (shape mismatch: {mismatched[:3]})"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise MoelightError(

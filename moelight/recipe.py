@@ -70,12 +70,26 @@ class DataConfig(Section):
     max_bytes: int | None = Field(None, gt=0, description="use only the first n bytes of the corpus")
     cache_dir: str | None = Field(None, description="tokenised-corpus cache; None = ~/.cache/moelight")
     num_workers: int = Field(0, ge=0)
+    packing: bool = Field(
+        True, description="instruct: pack conversations into seq_len streams; false = one per row, padded"
+    )
+    padding: Literal["longest", "max_length"] = Field(
+        "longest", description="packing: false: pad each batch to its longest row, or always to seq_len"
+    )
+    prompt_template: Literal["auto", "c2r-instruct", "vicuna"] = Field(
+        "auto",
+        description="instruct: auto = the tokenizer's chat template (else a plain format); c2r-instruct / "
+        "vicuna = the C2R paper's Qwen / LLaMA-MoE fine-tuning prompts",
+    )
 
 
 class OptimConfig(Section):
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_steps: int = Field(30, ge=0)
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="> 0: warm up for ceil(ratio x total steps) instead of warmup_steps"
+    )
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
@@ -99,6 +113,9 @@ class TrainerConfig(Section):
     flag of `moelight fit` (see moelight/cli/lightning_cli.py)."""
 
     max_steps: int = Field(300, gt=0, description="optimizer steps to train (the LR schedule spans them)")
+    max_epochs: float | None = Field(
+        None, gt=0, description="train for this many passes over the data (sets the steps; max_steps caps it)"
+    )
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, ...")
     devices: int | str | list[int] = Field(1, description="devices per node (Lightning)")
     num_nodes: int = Field(1, gt=0)

@@ -7,8 +7,11 @@ bundled and third-party plugins are found the same way.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import inspect
+import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -37,20 +40,16 @@ def discover() -> None:
 
 
 def load_plugin_modules(names: list[str], field: str = "plugins") -> None:
-    """Import extra plugin modules named in a recipe: dotted module names or `.py` paths."""
+    """Import extra plugin modules named in a recipe: dotted module names or `.py` paths.
+
+    The installed plugins are discovered first, so a recipe's plugin that reuses one of their
+    names is an error rather than a silent replacement.
+    """
+    discover()
     for i, name in enumerate(names):
         try:
             if name.endswith(".py"):
-                path = Path(name)
-                if not path.is_file():
-                    raise ConfigError(f"{field}.{i}", f"plugin file not found: {name}")
-                mod_name = f"moelight_user_plugin_{path.stem}"
-                if mod_name in sys.modules:
-                    continue
-                spec = importlib.util.spec_from_file_location(mod_name, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[mod_name] = module
-                spec.loader.exec_module(module)
+                _load_file(Path(name), f"{field}.{i}")
             else:
                 importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -62,18 +61,60 @@ def load_plugin_modules(names: list[str], field: str = "plugins") -> None:
             ) from None
 
 
+def file_module_name(path: Path) -> str:
+    """The module name a plugin file is imported under: unique per file, so two `router.py` both load."""
+    resolved = path.resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    stem = re.sub(r"\W", "_", resolved.stem)
+    return f"moelight_user_plugin_{stem}_{digest}"
+
+
+def _load_file(path: Path, field: str) -> None:
+    if not path.is_file():
+        raise ConfigError(field, f"plugin file not found: {path}")
+    mod_name = file_module_name(path)
+    if mod_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[mod_name]  # a failed file is retried, never half-registered and skipped
+        raise
+
+
+def source_of(cls: type) -> str:
+    """Where a plugin class comes from, for messages: `module.Class (file)`."""
+    try:
+        where = inspect.getsourcefile(cls) or "?"
+    except TypeError:
+        where = "built-in"
+    return f"{cls.__module__}.{cls.__qualname__} ({where})"
+
+
 class Registry:
     """Named plugin classes of one kind (`router` or `dispatcher`)."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._classes: dict[str, type] = {}
+        self._conflicts: dict[str, str] = {}  # name -> the error, kept for `get`
 
     def register(self, name: str):
+        """Class decorator. A name already taken by a class from another module is an error naming
+        both sources; the same module imported again (a reload) replaces its own class."""
+
         def decorate(cls: type) -> type:
             existing = self._classes.get(name)
-            if existing is not None and existing.__qualname__ != cls.__qualname__:
-                raise MoelightError(f"two {self.kind} plugins are named {name!r}: {existing} and {cls}")
+            if existing is not None and source_of(existing) != source_of(cls):
+                message = (
+                    f"two {self.kind} plugins are named {name!r}: {source_of(existing)} and "
+                    f"{source_of(cls)}; rename one of them"
+                )
+                self._conflicts[name] = message
+                raise MoelightError(message)
             cls.plugin_name = name
             self._classes[name] = cls
             return cls
@@ -86,6 +127,8 @@ class Registry:
 
     def get(self, name: str, field: str | None = None) -> type:
         discover()
+        if name in self._conflicts:
+            raise ConfigError(f"{field or self.kind}.name", self._conflicts[name])
         if name not in self._classes:
             field = field or self.kind
             raise ConfigError(

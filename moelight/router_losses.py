@@ -6,6 +6,7 @@ their losses are sensitive to bf16 rounding.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -13,6 +14,8 @@ import torch
 from moelight.routing import Routing
 
 Score = Literal["softmax", "sigmoid"]
+# How the smooth load decides whether an expert is "in" the top k (see `smooth_load`).
+LoadMembership = Literal["noisy_logit", "noise"]
 
 
 def router_scores(logits: torch.Tensor, score: Score) -> torch.Tensor:
@@ -62,6 +65,37 @@ def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     if x.numel() <= 1:
         return x.new_zeros(())
     return x.var() / (x.mean().square() + eps)
+
+
+def smooth_load(
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    noise: torch.Tensor,
+    noise_std: torch.Tensor,
+    threshold_in: torch.Tensor,
+    threshold_out: torch.Tensor,
+    membership: LoadMembership,
+) -> torch.Tensor:
+    """Expected tokens per expert under the gate noise, [E]: sum over tokens of P(expert chosen).
+
+    threshold_in [T, 1] is the best value NOT chosen (what a chosen expert must stay above),
+    threshold_out [T, 1] the weakest value chosen (what an expert outside must beat); the other
+    noisy logits are held fixed (Shazeer et al. 2017). Whether an expert counts as "in" is
+    decided on its noisy logit (`noisy_logit`, the paper) or, as LLaMA-MoE's code does, on the
+    noise term alone (`noise`).
+    """
+    is_in = (noisy if membership == "noisy_logit" else noise) > threshold_in
+    threshold = torch.where(is_in, threshold_in, threshold_out)
+    z = (clean - threshold) / noise_std
+    # The standard normal CDF without torch.distributions (no device bookkeeping).
+    return (0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))).sum(0)
+
+
+def cv_balance_loss(experts: torch.Tensor, weights: torch.Tensor, load: torch.Tensor) -> torch.Tensor:
+    """LLaMA-MoE's balance loss CV^2(importance) + CV^2(load) (unweighted); importance = the summed
+    combine weights per expert, load = tokens per expert (a count or `smooth_load`)."""
+    importance = weights.new_zeros(load.shape[0]).index_add(0, experts.reshape(-1), weights.reshape(-1))
+    return cv_squared(importance) + cv_squared(load)
 
 
 def balance_probs(scores: torch.Tensor, score: Score) -> torch.Tensor:

@@ -38,14 +38,37 @@ class Router(nn.Module):
     Subclasses define a nested `Params(PluginParams)` and implement `forward`. The gate
     weight is conventionally `self.gate = nn.Linear(d, E, bias=False)` so that checkpoint
     converters find it.
+
+    The trainer also calls, around each training step: `begin_step(step)` before the forward,
+    and `after_optimizer_step()` after the optimizer has stepped; scalars passed to
+    `log_scalar` during the step are logged as `router/<name>/l<layer>`. All three have
+    defaults, so a router overrides only what it needs.
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
+    step: int = 0  # optimizer steps taken before the current training forward
 
     def __init__(self, params: PluginParams, ctx: LayerContext):
         super().__init__()
         self.params = params
         self.ctx = ctx
+        self._logged: dict[str, float | torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> Routing:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def begin_step(self, step: int) -> None:
+        """Called before each training forward with the number of optimizer steps taken so far."""
+        self.step = step
+
+    def after_optimizer_step(self) -> None:
+        """Called once after each optimizer step: update state that gradients do not train."""
+
+    def log_scalar(self, name: str, value: float | torch.Tensor) -> None:
+        """Report a scalar for this step; the trainer logs it as `router/<name>/l<layer index>`."""
+        self._logged[name] = value.detach() if isinstance(value, torch.Tensor) else float(value)
+
+    def pop_logged(self) -> dict[str, float | torch.Tensor]:
+        """The scalars logged since the last call (the trainer calls this once per step)."""
+        logged, self._logged = self._logged, {}
+        return logged

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-# The repository sits beside `shared/` (…/main and …/shared), which CI always provides.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The C2R paper's released routing statistics, shipped in the repository (data/c2r-paper/README.md).
+C2R_PAPER_DATA = Path(__file__).resolve().parents[1] / "data" / "c2r-paper"
 
 
 @pytest.fixture(scope="session")
 def c2r_data() -> Path:
-    """The C2R paper's reference data (../shared/data/c2r); missing data is a failure, not a skip."""
-    path = SHARED_DATA / "c2r"
+    """The C2R paper's reference data (data/c2r-paper); missing data is a failure, not a skip."""
+    path = C2R_PAPER_DATA
     assert path.is_dir(), f"C2R reference data not found at {path}"
     return path
 

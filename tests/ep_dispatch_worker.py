@@ -88,7 +88,7 @@ def expected_counts(
     return {"rows": rows, "remote_rows": remote, "bytes": remote * d * es * 2, "device_visits": visits}
 
 
-def run_case(name, rank, group, rows, dtype, k, placement, rank_tokens=TOKENS):
+def run_case(name, rank, group, rows, dtype, k, placement, rank_tokens=TOKENS, overlap=True, chunks=2):
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     full, shards = make_case(name, rank_tokens, k, placement, dtype)
     ctx = LayerContext(
@@ -112,7 +112,9 @@ def run_case(name, rank, group, rows, dtype, k, placement, rank_tokens=TOKENS):
         for p, q in zip(local.parameters(), full.parameters()):
             p.copy_(q[mine])
     ep = ExpertParallelContext(rank=rank, size=WORLD, group=group)
-    disp = dispatchers.build({"name": "grouplocal", "rows": rows}, ctx, local, ep)
+    disp = dispatchers.build(
+        {"name": "grouplocal", "rows": rows, "overlap": overlap, "chunks": chunks}, ctx, local, ep
+    )
     x, experts, w, g = shards[rank]
     x = x.clone().requires_grad_()
     w = w.clone().requires_grad_()
@@ -175,6 +177,32 @@ def cases():
         yield (
             f"empty-rank-{rows}",
             dict(rows=rows, dtype=torch.float32, k=2, placement=contiguous(), rank_tokens=(17, 0)),
+        )
+        # Three pipelined chunks, and the blocking exchange (overlap off).
+        yield (
+            f"chunks3-k3-shuffled-{rows}-float32",
+            dict(rows=rows, dtype=torch.float32, k=3, placement=shuffled(), chunks=3),
+        )
+        yield (
+            f"chunks3-empty-rank-{rows}",
+            dict(rows=rows, dtype=torch.float32, k=2, placement=contiguous(), rank_tokens=(17, 0), chunks=3),
+        )
+        for dtype in (torch.float32, torch.bfloat16):
+            dn = str(dtype).split(".")[-1]
+            yield (
+                f"blocking-k3-shuffled-{rows}-{dn}",
+                dict(rows=rows, dtype=dtype, k=3, placement=shuffled(), overlap=False),
+            )
+        yield (
+            f"blocking-empty-rank-{rows}",
+            dict(
+                rows=rows,
+                dtype=torch.float32,
+                k=2,
+                placement=contiguous(),
+                rank_tokens=(17, 0),
+                overlap=False,
+            ),
         )
 
 

@@ -236,7 +236,13 @@ def test_c2r_profile_model_picks_from_the_first_t_collaborators():
 def llama_like(k: int = 2, latency: bool = True, meta: int = 8):
     source = comm.RoutingSource("synthetic", None, 8, k, 4)
     setup = comm.Setup(
-        tokens_per_device=4096, hidden=1024, dtype_bytes=2, layers=4, top_k=k, meta_bytes_per_expert=meta
+        tokens_per_device=4096,
+        hidden=1024,
+        dtype_bytes=2,
+        layers=4,
+        top_k=k,
+        meta_bytes_per_expert=meta,
+        meta_grad_bytes_per_expert=meta // 2,  # the weights' half of the metadata comes back
     )
     ic = comm.INTERCONNECTS["infiniband"]
     if not latency:
@@ -277,8 +283,8 @@ def test_time_model_by_hand():
     ic = comm.Interconnect("x", 1.0, 5.0, "")  # 1 GB/s, 5 us
     # per-expert, P = 4: 2 rows x 3/4 remote x 1000 tokens x 200 B x 4 transfers = 1.2 MB per layer
     assert setup.time_ms(2.0, 4, ic, grouplocal=False) == pytest.approx(3 * (5 * 5e-3 + 1.2e6 / 1e9 * 1e3))
-    meta = 0.75 * 1000 * 2 * 8 * 2  # remote rows x k x 8 B x 2 transfers
-    want = 3 * (7 * 5e-3 + (0.6e6 + meta) / 1e9 * 1e3)
+    meta = 0.75 * 1000 * 2 * (8 + 4)  # remote rows x k x (8 B forward + 4 B weight gradient)
+    want = 3 * (5 * 5e-3 + (0.6e6 + meta) / 1e9 * 1e3)  # 5 calls: metadata rides with the rows
     assert setup.time_ms(1.0, 4, ic, grouplocal=True) == pytest.approx(want)
 
 

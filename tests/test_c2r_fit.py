@@ -51,6 +51,8 @@ def test_fit_ep2_c2r_placement_sends_one_row_per_token(tmp_path, run_env):
     assert ckpt.is_dir() and not list(ckpt.parent.glob("last-v*"))  # one last checkpoint, not versions
     assert main(["profile", str(ckpt), "--out", str(tmp_path / "prof"), "--max-tokens", "512"]) == 0
     assert json.loads((tmp_path / "prof" / "profile.json").read_text())["tokens"] == 512
+    # ... and evaluates like any other, with its placement-constrained C2R routing.
+    assert main(["eval", str(ckpt), "--tasks", "moelight_python_mc", "--limit", "4"]) == 0
     profile = load_file(tmp_path / "prof" / "profile.safetensors")
     device_of = load_placement(str(placement), 4, 8, 2)
     for layer, (sets, counts) in enumerate(zip(profile["expert_sets"], profile["expert_set_counts"])):

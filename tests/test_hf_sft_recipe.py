@@ -1,5 +1,6 @@
-"""recipes/qwen-moe-c2r-sft.yaml: the paper's Qwen setup, and a run of it with tiny stand-ins for the
-user's inputs (a converted Qwen2-MoE, its tokenizer, instruction data, collaborator lists)."""
+"""recipes/qwen-moe-c2r-sft.yaml and its top-k baseline: the paper's Qwen setup, and runs of them with
+tiny stand-ins for the user's inputs (a converted Qwen2-MoE, its tokenizer, instruction data,
+collaborator lists)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,46 @@ from moelight.recipe import load_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "qwen-moe-c2r-sft.yaml"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPE = RECIPES / "qwen-moe-c2r-sft.yaml"
+BASELINE = RECIPES / "qwen-moe-topk-sft.yaml"
 PLACEHOLDER = "REPLACE_ME"
 
 
 def test_recipe_is_the_paper_setup_with_marked_placeholders():
     recipe = load_recipe(RECIPE)
     assert recipe.router["name"] == "c2r" and recipe.router["top_t"] == 30
+    p = recipe.router_params()
+    assert p.renormalize is False and p.aux_loss_coef == 0.0 and p.score == "softmax"
     assert (recipe.model.num_experts, recipe.model.top_k) == (60, 4)
-    assert recipe.optim.lr == 2e-5 and recipe.optim.min_lr_ratio == 0.0
+    # Qwen-MoE/train.sh: LIMA, 2 epochs, 8 per device x 4 GPUs x 2 accumulated, lr 2e-5 cosine, 10 warm-up.
+    assert recipe.optim.lr == 2e-5 and recipe.optim.min_lr_ratio == 0.0 and recipe.optim.warmup_steps == 10
+    assert recipe.optim.warmup_ratio == 0.0 and recipe.optim.weight_decay == 0.0
+    assert recipe.trainer.max_epochs == 2
+    assert recipe.data.batch_size * recipe.trainer.devices * recipe.trainer.accumulate_grad_batches == 64
     assert recipe.data.seq_len == 2048 and recipe.data.format == "instruct"
+    assert recipe.data.packing is False and recipe.data.prompt_template == "c2r-instruct"
     assert recipe.trainer.precision == "bf16-mixed"
+    assert Path(recipe.profile.path).is_file()  # the shipped paper lists
     for value in (recipe.model.init_from, recipe.data.source, recipe.data.tokenizer):
         assert value.startswith(PLACEHOLDER)
+
+
+def test_baseline_differs_only_in_routing():
+    c2r, topk = load_recipe(RECIPE).model_dump(), load_recipe(BASELINE).model_dump()
+    assert topk["router"] == {
+        "name": "topk",
+        "score": "softmax",
+        "renormalize": False,
+        "aux_loss_coef": 0.0,
+        "z_loss_coef": 0.0,
+    }
+    assert topk["profile"]["path"] is None
+    for section in ("model", "data", "optim", "parallel", "seed"):
+        assert c2r[section] == topk[section], section
+    assert {k: v for k, v in c2r["trainer"].items() if k != "out_dir"} == {
+        k: v for k, v in topk["trainer"].items() if k != "out_dir"
+    }
 
 
 @pytest.fixture()
@@ -66,9 +94,11 @@ def sft_standins(tmp_path, run_env, c2r_data) -> list[str]:
         f"data.tokenizer={tmp_path / 'qwen-moe' / 'tokenizer'}",
         f"data.source={tmp_path / 'sft.jsonl'}",
         f"profile.path={tmp_path / 'lists.npy'}",
-        "data.seq_len=64",
+        "data.seq_len=256",
         "data.batch_size=2",
         "data.val_fraction=0.1",
+        "trainer.devices=1",
+        "parallel.expert_parallel=1",
         "trainer.accumulate_grad_batches=1",
         "trainer.max_steps=3",
         "trainer.val_check_interval=3",
@@ -80,15 +110,21 @@ def sft_standins(tmp_path, run_env, c2r_data) -> list[str]:
 
 
 @pytest.mark.slow
+def test_baseline_recipe_trains_with_standins(sft_standins, tmp_path):
+    standins = [a for a in sft_standins if not a.startswith("profile.path")]
+    assert main(["fit", str(BASELINE), *standins]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
 def test_sft_recipe_trains_with_standins(sft_standins, tmp_path):
     recipe = load_recipe(RECIPE, sft_standins)
     assert recipe.router["top_t"] == 30 and recipe.model.num_experts == 60
     assert main(["fit", str(RECIPE), *sft_standins]) == 0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
-    # The fine-tuned checkpoint exports back to the Hugging Face layout (HF then routes by top-k).
+    # The fine-tuned checkpoint exports back to the Hugging Face layout, routed by top-k on request.
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert (
-        main(["convert", "export", str(ckpt), "--out", str(tmp_path / "hf-out"), "--arch", "qwen2_moe"]) == 0
-    )
+    out = ["--out", str(tmp_path / "hf-out"), "--arch", "qwen2_moe"]
+    assert main(["convert", "export", str(ckpt), *out, "--router", "topk"]) == 0
     assert (tmp_path / "hf-out" / "model.safetensors").is_file()
     assert (tmp_path / "hf-out" / "tokenizer.json").is_file()

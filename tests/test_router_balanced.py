@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from moelight.api import ConfigError, LayerContext, routers
+from moelight.testing import check_router
 
 D, E, K, T = 16, 8, 2, 48
 
@@ -182,17 +183,17 @@ def test_bias_balances_a_skewed_router_over_steps():
 
 
 def test_bias_update_uses_all_reduced_load(monkeypatch):
-    import moelight_plugins.routers.balanced as balanced
+    import moelight.expert_bias as expert_bias
 
     router = build(method="bias", bias_update_rate=1.0).train()
     # Pretend another rank saw E*T tokens all on expert 5: the global load makes 5 the only
     # overloaded expert, whatever this rank saw.
-    monkeypatch.setattr(balanced.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(expert_bias.dist, "is_initialized", lambda: True)
 
     def fake_all_reduce(t):
         t[5] += 10_000
 
-    monkeypatch.setattr(balanced.dist, "all_reduce", fake_all_reduce)
+    monkeypatch.setattr(expert_bias.dist, "all_reduce", fake_all_reduce)
     router(torch.randn(T, D))
     assert router.expert_bias[5].item() == -1.0
     assert (router.expert_bias[torch.arange(E) != 5] == 1.0).all()
@@ -205,3 +206,16 @@ def test_method_specific_params_are_checked():
         build(method="bias", noise_epsilon=0.1)
     with pytest.raises(ConfigError, match="router.method"):
         build(method="sinkhorn")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"noise_epsilon": 0.1, "z_loss_coef": 1e-3},
+        {"method": "bias"},
+        {"method": "bias", "score": "softmax"},
+    ],
+)
+def test_keeps_the_router_contract(params):
+    check_router("balanced", params)

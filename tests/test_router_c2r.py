@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from moelight.api import ConfigError, LayerContext, routers
+from moelight.testing import check_router
 
 D = 32
 
@@ -198,3 +199,28 @@ def test_placement_group_too_small_is_a_config_error():
         build(make_ctx(8, 3, placement=placement), top_t=4, collaborators="placement")
     assert info.value.field == "router.top_t"
     assert "2 experts" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"top_t": 8, "z_loss_coef": 1e-3},
+        {"top_t": 3, "collaborators": "placement"},
+        {"top_t": 8, "gate_network": "mlp", "noise": True, "balance_loss_coef": 0.01, "score_scale": 4.0},
+        {"top_t": 8, "bias_update_rate": 1e-3},
+    ],
+)
+def test_keeps_the_router_contract_on_the_paper_lists(c2r_data, params):
+    lists = np.load(c2r_data / "qwen1.5_moe_a2.7b_collaborative_list.npy")[0].astype(np.int64)
+    check_router("c2r", params, make_ctx(60, 4, collaborators=lists, placement=torch.arange(60) // 15))
+
+
+def test_bias_and_the_cv_balance_loss_are_exclusive():
+    with pytest.raises(ConfigError, match="set only one"):
+        build(
+            make_ctx(8, 2, placement=torch.arange(8) // 2),
+            top_t=3,
+            collaborators="placement",
+            bias_update_rate=1e-3,
+            balance_loss_coef=0.01,
+        )

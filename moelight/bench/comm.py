@@ -316,13 +316,13 @@ class Setup:
     layers: int
     top_k: int
     data_transfers_per_layer: int = 4  # forward dispatch + combine, backward both again
-    # all2all calls per layer per step. MegaBlocks: split sizes, rows out, rows back, and the two
-    # row transfers again in backward. grouplocal as implemented: split sizes, rows, metadata,
-    # rows back, and the three tensor transfers again in backward.
+    # all2all calls per layer per step: split sizes, rows out, rows back, and the two row
+    # transfers again in backward. MegaBlocks makes these 5; so does grouplocal, which packs its
+    # routing metadata into the row exchange (it made 7 when the metadata travelled separately).
     calls_per_expert: int = 5
-    calls_grouplocal: int = 7
+    calls_grouplocal: int = 5
     meta_bytes_per_expert: int = 8  # grouplocal rows carry k (fp32 weight, fp32 local id) pairs
-    meta_transfers_per_layer: int = 2  # forward metadata; backward its gradient (weights)
+    meta_grad_bytes_per_expert: int = 4  # backward: the weights' gradient travels with the rows'
 
     def assumptions(self, interconnects: list[Interconnect]) -> list[str]:
         row = self.hidden * self.dtype_bytes
@@ -334,11 +334,11 @@ class Setup:
             f"both directions: {self.data_transfers_per_layer} row transfers per layer per step "
             "(forward dispatch + combine, backward the same two reversed); full-duplex links, "
             "time = bytes sent per device / per-direction bandwidth",
-            f"latency: all2all calls per layer per step: per-expert {self.calls_per_expert} (split sizes, "
-            f"rows out, rows back; backward 2), grouplocal {self.calls_grouplocal} (split sizes, rows, "
-            "metadata, rows back; backward 3); latency x calls is not reduced by fewer rows",
-            f"grouplocal metadata: k x {self.meta_bytes_per_expert} B per row (weight and local expert id) "
-            f"on {self.meta_transfers_per_layer} transfers (forward, and its gradient in backward); "
+            f"latency: all2all calls per layer per step: per-expert {self.calls_per_expert}, grouplocal "
+            f"{self.calls_grouplocal} (split sizes, rows out with packed metadata, rows back; backward 2); "
+            "latency x calls is not reduced by fewer rows",
+            f"grouplocal metadata: k x {self.meta_bytes_per_expert} B per row forward (weight and local "
+            f"expert id), k x {self.meta_grad_bytes_per_expert} B backward (the weights' gradient); "
             "per-expert rows carry none",
             "no overlap of communication with compute, no load imbalance, no hierarchical all2all",
         ]
@@ -353,7 +353,7 @@ class Setup:
         remote = rows_per_token * (num_devices - 1) / num_devices * self.tokens_per_device
         data = remote * self.hidden * self.dtype_bytes * self.data_transfers_per_layer
         if grouplocal:
-            data += remote * self.top_k * self.meta_bytes_per_expert * self.meta_transfers_per_layer
+            data += remote * self.top_k * (self.meta_bytes_per_expert + self.meta_grad_bytes_per_expert)
         return data
 
     def bytes_per_step(self, rows_per_token: float, num_devices: int, grouplocal: bool) -> float:
@@ -361,10 +361,28 @@ class Setup:
 
     def time_ms(self, rows_per_token: float, num_devices: int, ic: Interconnect, grouplocal: bool) -> float:
         calls = self.calls_grouplocal if grouplocal else self.calls_per_expert
-        per_layer_s = calls * ic.latency_us * 1e-6 + self.bytes_per_layer(
-            rows_per_token, num_devices, grouplocal
-        ) / (ic.bandwidth_gbs * 1e9)
-        return self.layers * per_layer_s * 1e3
+        return link_time_ms(
+            self.layers * self.bytes_per_layer(rows_per_token, num_devices, grouplocal),
+            self.layers * calls,
+            ic,
+        )
+
+
+def link_time_ms(bytes_sent: float, calls: float, ic: Interconnect) -> float:
+    """The model's all2all time: every call pays the latency, every byte one rank sends the
+    per-direction bandwidth (full duplex: receiving in parallel), nothing overlaps."""
+    return (calls * ic.latency_us * 1e-6 + bytes_sent / (ic.bandwidth_gbs * 1e9)) * 1e3
+
+
+def grouplocal_bytes_per_layer(
+    remote_rows: float, hidden: int, dtype_bytes: int, slots: int, num_devices: int
+) -> float:
+    """Bytes one rank sends per MoE layer and step through `grouplocal`'s exchange: its remote
+    rows 4 times (rows out and back, forward and backward), each carrying `slots` (k per-device,
+    1 per-expert) x 8 B of metadata out and x 4 B of weight gradient back, plus the counts."""
+    row = hidden * dtype_bytes
+    meta = slots * (Setup.meta_bytes_per_expert + Setup.meta_grad_bytes_per_expert)
+    return remote_rows * (Setup.data_transfers_per_layer * row + meta) + (num_devices - 1) * 8
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`moelight bench layer|step|comm`: dispatcher benchmarks and the all2all projection."""
+"""`moelight bench layer|step|comm|ep`: dispatcher benchmarks, the all2all projection, and
+expert-parallel training over an emulated interconnect."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from moelight.cli.args import split_args
 from moelight.errors import MoelightError
 
-HELP = """usage: moelight bench layer|step|comm [options]
+HELP = """usage: moelight bench layer|step|comm|ep [options]
 
 moelight bench layer [--preset NAME] [--dispatchers LIST] [--baseline NAME] [options]
   One MoE layer (router + dispatcher), forward + backward, every candidate on the same router,
@@ -47,6 +48,20 @@ moelight bench comm [--preset NAME] [--profile PATH | --routing PATH] [options]
   --bandwidth-gbs X  --latency-us X   a custom interconnect instead
   --meta-bytes N       grouplocal metadata bytes per expert slot of a row (default 8)
   --samples N (200000)  --seed N  --json PATH
+
+moelight bench ep [RECIPE.yaml] [key.path=value ...] --link LIST [options]
+  Expert-parallel training steps of P gloo processes, per configuration (top-k + per-expert rows,
+  top-k + grouplocal, C2R profile + collaboration-aware placement + grouplocal, C2R placement +
+  grouplocal, and the last with overlap), same seed and batches, interleaved; per link: step time,
+  time inside the all2all, rows / remote rows / bytes / devices per token, predicted vs measured
+  all2all time, speed-up vs top-k per-expert. Default recipe: recipes/ep-bench.yaml.
+  --link LIST          comma-separated: {links}, none (loopback, unshaped), or a rate per rank
+                       (e.g. 20mbit) with --latency T (e.g. 2ms). Presets are calibrated to this
+                       CPU's measured expert-GEMM FLOP/s. Shaping needs root, unshare and tc: the
+                       run re-executes itself in a private network namespace (loopback only).
+  --procs 2|4 (2)  --steps N (8)  --warmup N (2)  --threads N (1 per rank)  --top-t T (1)
+  --reference llama-moe|qwen1.5-moe (llama-moe)  --burst BYTES (2000)  --json PATH
+  --configs LIST       a subset of {configs} (the per-expert baseline always runs)
 """
 
 LAYER_FLAGS = (
@@ -292,15 +307,102 @@ def run_comm(argv: list[str]) -> int:
     return _finish(result, f, argv, print_comm)
 
 
-SUBCOMMANDS = {"layer": run_layer, "step": run_step, "comm": run_comm}
+EP_FLAGS = (
+    "--link",
+    "--latency",
+    "--procs",
+    "--steps",
+    "--warmup",
+    "--threads",
+    "--top-t",
+    "--reference",
+    "--burst",
+    "--configs",
+    "--json",
+)
+
+
+def run_ep(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from moelight.bench import ep, link, netns
+    from moelight.bench.candidates import split_list
+
+    args = split_args(argv[1:], value_flags=EP_FLAGS)
+    f = args.flags
+    recipe = args.recipe or str(Path(ep.ROOT) / "recipes" / "ep-bench.yaml")
+    procs = _int(f, "--procs", 2, minimum=2)
+    if procs not in (2, 4, 8):
+        raise MoelightError(f"--procs must be 2, 4 or 8, got {procs}")
+    names = split_list(f.get("--link", "none"))
+    custom = None
+    links = []
+    for name in names:
+        if name in link.PRESETS or name == "none":
+            links.append(name)
+        else:
+            custom = (link.parse_rate(name), link.parse_latency(f.get("--latency", "0ms")))
+            links.append("custom")
+    if f.get("--latency") and custom is None:
+        raise MoelightError("--latency goes with a --link rate (e.g. --link 20mbit --latency 2ms)")
+    reference = f.get("--reference", "llama-moe")
+    if reference not in link.REFERENCES:
+        raise MoelightError(f"--reference {reference!r}; allowed: {', '.join(link.REFERENCES)}")
+    configs = tuple(split_list(f.get("--configs", ",".join(ep.CONFIG_KEYS))))
+    unknown = [c for c in configs if c not in ep.CONFIG_KEYS]
+    if unknown or not configs:
+        raise MoelightError(
+            f"--configs: unknown {', '.join(unknown) or '(none)'}; allowed: {', '.join(ep.CONFIG_KEYS)}"
+        )
+    shaped = any(n != "none" for n in links)
+    if shaped and not netns.in_namespace():
+        netns.require()
+        return netns.run_in_namespace(["bench", *argv])
+    overrides = ["dispatcher.name=grouplocal", f"parallel.expert_parallel={procs}", *args.overrides]
+    a = ep.Args(
+        recipe=recipe,
+        overrides=overrides,
+        procs=procs,
+        steps=_int(f, "--steps", 8, minimum=1),
+        warmup=_int(f, "--warmup", 2, minimum=1),
+        threads=_int(f, "--threads", 1, minimum=1),
+        links=links,
+        custom=custom,
+        reference=reference,
+        top_t=_int(f, "--top-t", 1, minimum=1),
+        configs=configs,
+        burst=_int(f, "--burst", 2000, minimum=1),
+        json_path=f.get("--json"),
+    )
+    result = ep.run(a)
+    result["command"] = "moelight bench " + shlex.join(argv)
+    ep.print_report(result)
+    if a.json_path:
+        from moelight.bench.report import write_json
+
+        write_json(a.json_path, result)
+        print(f"wrote {a.json_path}")
+    return 0
+
+
+SUBCOMMANDS = {"layer": run_layer, "step": run_step, "comm": run_comm, "ep": run_ep}
 
 
 def run(argv: list[str]) -> int:
     from moelight.bench.comm import INTERCONNECTS
+    from moelight.bench.ep import CONFIG_KEYS
+    from moelight.bench.link import PRESETS as LINKS
     from moelight.bench.presets import PRESETS
 
     if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv):
-        print(HELP.format(presets=", ".join(PRESETS), interconnects=", ".join(INTERCONNECTS)))
+        print(
+            HELP.format(
+                presets=", ".join(PRESETS),
+                interconnects=", ".join(INTERCONNECTS),
+                links=", ".join(LINKS),
+                configs=", ".join(CONFIG_KEYS),
+            )
+        )
         return 0
     if argv[0] not in SUBCOMMANDS:
         raise MoelightError(f"unknown bench {argv[0]!r}; allowed: {', '.join(SUBCOMMANDS)}")

@@ -14,8 +14,12 @@ USAGE = """usage:
       DIR/model.safetensors (moelight names), DIR/recipe.yaml (model section, `topk` router with
       the HF routing, model.init_from: model.safetensors) and DIR/tokenizer/ when HF_DIR has one.
   moelight convert export CKPT_OR_DIR --out HF_DIR --arch ARCH [--recipe RECIPE] [--dtype ...] [--force]
+                          [--router topk]
       write HF_DIR/config.json + HF_DIR/model.safetensors in the hub layout (one tensor per
       expert) from a converted directory, a .safetensors file (needs --recipe) or a Lightning .ckpt.
+      A router ARCH cannot express (c2r, device_limited, a balancing bias...) stops the export:
+      the HF model would route differently. --router topk exports it anyway with a plain top-k
+      gate (same gate weights) and records the dropped router in config.json (moelight_export).
 
 architectures: {archs}
 Conversion reads and writes files only; loading the result in transformers needs `moelight[hf]`."""
@@ -57,7 +61,9 @@ def run(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(USAGE.format(archs=_archs()))
         return 0
-    args = split_args(rest, value_flags=("--out", "--arch", "--recipe", "--dtype"), bool_flags=("--force",))
+    args = split_args(
+        rest, value_flags=("--out", "--arch", "--recipe", "--dtype", "--router"), bool_flags=("--force",)
+    )
     if args.overrides:
         raise MoelightError(f"convert {sub} takes no recipe overrides (got {' '.join(args.overrides)})")
     if args.recipe is None:
@@ -68,9 +74,9 @@ def run(argv: list[str]) -> int:
     force = bool(args.flags.get("--force"))
 
     if sub == "import":
-        if "--arch" in args.flags or "--recipe" in args.flags:
+        if "--arch" in args.flags or "--recipe" in args.flags or "--router" in args.flags:
             raise MoelightError(
-                "convert import reads the architecture from config.json: drop --arch/--recipe"
+                "convert import reads the architecture and router from config.json: drop --arch/--recipe/--router"
             )
         from moelight.hf.common import import_to_dir
 
@@ -95,10 +101,24 @@ def run(argv: list[str]) -> int:
 
     arch = _require(args.flags, "--arch", sub)
     from moelight.hf.common import export_from_checkpoint
+    from moelight.hf.router_swap import as_topk, record_dropped
+
+    swapped: list[tuple[dict, dict]] = []
+    replace = None
+    if "--router" in args.flags:
+        if args.flags["--router"] != "topk":
+            raise MoelightError(f"--router {args.flags['--router']!r}: allowed: topk")
+
+        def replace(router: dict) -> dict:
+            swapped.append((router, as_topk(router)))
+            return swapped[-1][1]
 
     warnings = export_from_checkpoint(
-        args.recipe, out, arch, args.flags.get("--recipe"), dtype=dtype, force=force
+        args.recipe, out, arch, args.flags.get("--recipe"), dtype=dtype, force=force, replace_router=replace
     )
+    for original, exported in swapped:
+        if original.get("name") != exported.get("name"):
+            warnings.append(record_dropped(out, original, exported))
     for w in warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(f"exported {escape(arch)} to {escape(out)} (config.json, model.safetensors)")

@@ -148,17 +148,25 @@ class MoelightCLI(LightningCLI):
     def recipe_from_config(self) -> Recipe:
         """The recipe with every value as parsed (a --config or --trainer.* flag may change it)."""
         cfg = self.config
-        data = self.recipe.model_dump(mode="json")
+        full = self.recipe.model_dump(mode="json")
+        # Only changed values are written, so a field the recipe left unset stays unset (an unset
+        # trainer.max_steps does not cap trainer.max_epochs).
+        data = self.recipe.model_dump(mode="json", exclude_unset=True)
+
+        def put(section: str | None, name: str, value: Any) -> None:
+            if value != (full[section][name] if section else full[name]):
+                (data.setdefault(section, {}) if section else data)[name] = value
+
         for section in SECTIONS:
-            for name in data[section]:
+            for name in full[section]:
                 if (section, name) not in ALIASED:
-                    data[section][name] = cfg[f"{section}.{name}"]
+                    put(section, name, cfg[f"{section}.{name}"])
         for name in WHOLE:
-            data[name] = cfg[name]
+            put(None, name, cfg[name])
         for name in SAME_NAMED + TRAINER_ONLY_RECIPE:
-            data["trainer"][name] = cfg[f"trainer.{name}"]
+            put("trainer", name, cfg[f"trainer.{name}"])
         for arg, (section, name) in ALIASES.items():
-            data[section][name] = cfg[f"trainer.{arg}"]
+            put(section, name, cfg[f"trainer.{arg}"])
         return validate_recipe(data)
 
     def instantiate_classes(self) -> None:
@@ -201,6 +209,6 @@ class MoelightCLI(LightningCLI):
         size = strategy.expert_parallel if isinstance(strategy, ExpertParallelStrategy) else 1
         if size == recipe.parallel.expert_parallel:
             return recipe
-        data: dict[str, Any] = recipe.model_dump(mode="json")
-        data["parallel"]["expert_parallel"] = size
+        data: dict[str, Any] = recipe.model_dump(mode="json", exclude_unset=True)
+        data.setdefault("parallel", {})["expert_parallel"] = size
         return validate_recipe(data)

@@ -1,4 +1,4 @@
-"""`moelight <verb>`: fit, plugins, profile, bench, convert."""
+"""`moelight <verb>`: fit, plugins, profile, bench, convert, eval."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from moelight.errors import MoelightError
 
 VERBS = {
     "fit": ("moelight.cli.fit", "train a model from a recipe"),
-    "plugins": ("moelight.cli.plugins", "list installed routers and dispatchers"),
+    "plugins": ("moelight.cli.plugins", "installed routers and dispatchers, or one plugin's parameters"),
     "profile": ("moelight.cli.profile", "collaboration statistics, placement and plots of a checkpoint"),
     "bench": ("moelight.cli.bench", "benchmark dispatchers, layers and all2all"),
     "convert": ("moelight.cli.convert", "Hugging Face MoE checkpoints in and out"),
+    "eval": ("moelight.cli.eval", "lm-evaluation-harness tasks on checkpoints, with their own routing"),
 }
 
 err_console = Console(stderr=True)

@@ -5,6 +5,13 @@ target ``[1:]``. Inputs never overlap and every token after the first is a targe
 neighbouring sequences share only the boundary token (last target of i = first input of i+1).
 Targets the loss must skip (a loss mask, for instruction data later) are -100.
 
+Unpacked instruction data (``data.packing: false``): one conversation per row, right-padded
+(inputs with the tokenizer's padding id, targets -100). Attention is causal, so a row's tokens
+never see its padding, and no row sees another conversation; the padding carries no loss.
+Batches are cut to their longest row (``data.padding: longest``) or kept at ``seq_len``
+(``max_length``, as llama-moe's SFT script pads); padding tokens still pass the routers, as in the
+official scripts.
+
 Training order. Epoch e is ``torch.randperm(n, generator seeded with seed + e)`` over the n
 training sequences; the epochs are concatenated into one endless stream. The global batch at
 step s is stream positions ``[s*B*W, (s+1)*B*W)`` (B = ``batch_size`` per rank, W =
@@ -57,6 +64,16 @@ class PackedDataset(Dataset):
             keep = torch.from_numpy(np.array(self.loss_mask[a + 1 : a + self.seq_len + 1], dtype=bool))
             targets[~keep] = IGNORE_INDEX
         return inputs, targets
+
+
+def trim_to_longest(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack padded rows and drop the columns after the last position any row still uses
+    (the last non-padding target): the computation of every real token is unchanged."""
+    inputs = torch.stack([r[0] for r in rows])
+    targets = torch.stack([r[1] for r in rows])
+    used = (targets != IGNORE_INDEX).any(0).nonzero()
+    width = int(used[-1]) + 1 if len(used) else 1
+    return inputs[:, :width], targets[:, :width]
 
 
 class GlobalBatchSampler(DistributedSampler):
@@ -120,8 +137,8 @@ class MoEDataModule(L.LightningDataModule):
         # Cheap (no corpus read): the model needs vocab_size before any data is loaded.
         self.tokenizer: ByteTokenizer | HFTokenizer = load_tokenizer(config.tokenizer)
         self._corpus: Corpus | None = None
-        self._train: PackedDataset | None = None
-        self._val: PackedDataset | None = None
+        self._train: Dataset | None = None
+        self._val: Dataset | None = None
         self._start_samples = 0  # global stream position to resume from
 
     @property
@@ -135,13 +152,13 @@ class MoEDataModule(L.LightningDataModule):
         return self._corpus
 
     @property
-    def train_dataset(self) -> PackedDataset:
+    def train_dataset(self) -> Dataset:
         self._load()
         assert self._train is not None
         return self._train
 
     @property
-    def val_dataset(self) -> PackedDataset:
+    def val_dataset(self) -> Dataset:
         self._load()
         assert self._val is not None
         return self._val
@@ -166,8 +183,7 @@ class MoEDataModule(L.LightningDataModule):
             corpus = build_instruct_corpus(cfg, self.tokenizer)
         else:
             corpus = build_corpus(cfg, self.tokenizer)
-        train = self._packed(corpus.train)
-        val = self._packed(corpus.val)
+        train, val = self._datasets(corpus)
         need = cfg.seq_len + 1
         if len(train) == 0:
             raise ConfigError(
@@ -185,6 +201,22 @@ class MoEDataModule(L.LightningDataModule):
 
     def _packed(self, split: TokenSplit) -> PackedDataset:
         return PackedDataset(split.tokens, self.config.seq_len, split.loss_mask)
+
+    def _datasets(self, corpus: Corpus) -> tuple[Dataset, Dataset]:
+        cfg = self.config
+        if cfg.packing:
+            return self._packed(corpus.train), self._packed(corpus.val)
+        if cfg.format != "instruct":
+            raise ConfigError(
+                "data.packing", "packing: false needs data.format: instruct (one conversation per row)"
+            )
+        from .instruct import InstructDataset
+
+        pad = self.tokenizer.padding_id
+        return tuple(
+            InstructDataset(corpus.meta[name], cfg.seq_len, self.vocab_size, packed=False, pad_id=pad)
+            for name in ("train_examples", "val_examples")
+        )
 
     def _data_parallel(self) -> tuple[int, int]:
         """(world size, rank) of data parallelism: every rank reads its own samples."""
@@ -209,10 +241,12 @@ class MoEDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, sampler: DistributedSampler) -> DataLoader:
         workers = self.config.num_workers
+        trim = not self.config.packing and self.config.padding == "longest"
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
             sampler=sampler,
+            collate_fn=trim_to_longest if trim else None,
             drop_last=False,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -257,9 +291,10 @@ class MoEDataModule(L.LightningDataModule):
         corpus, train, val = self.corpus, self.train_dataset, self.val_dataset
         L_ = self.config.seq_len
 
-        def split_line(name: str, split: TokenSplit, ds: PackedDataset) -> str:
+        def split_line(name: str, split: TokenSplit, ds: Dataset) -> str:
             docs = f"{split.documents:,} docs, " if corpus.split == "document" else ""
-            return f"  {name}: {docs}{len(split.tokens):,} tokens -> {len(ds):,} sequences of {L_}"
+            rows = f"{len(ds):,} sequences of {L_}" if self.config.packing else f"{len(ds):,} rows of <= {L_}"
+            return f"  {name}: {docs}{len(split.tokens):,} tokens -> {rows}"
 
         tok = self.tokenizer
         tok_name = "bytes" if isinstance(tok, ByteTokenizer) else tok.name

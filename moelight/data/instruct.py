@@ -16,7 +16,8 @@ prompt rendered with ``add_generation_prompt=True`` and the conversation includi
 (the byte tokenizer, or a tokenizer without one) a plain format is used:
 ``<|system|>\\n...\\n<|user|>\\n...\\n<|assistant|>\\n`` + response + EOS.
 Prompt and response segments are tokenised separately, as generation sees them (the prompt alone,
-then the model's own tokens).
+then the model's own tokens). ``data.prompt_template`` picks one of the official scripts' layouts
+instead (`prompt_templates.py`: ``c2r-instruct``, ``vicuna``).
 
 Targets. ``loss_mask[j]`` is True where token j is part of a response; sequences built from the
 stream take targets ``-100`` wherever the mask is False (prompts, templates, separators). Every
@@ -40,6 +41,7 @@ from torch.utils.data import Dataset
 from moelight.errors import ConfigError
 
 from .corpus import Corpus, TokenSplit, is_validation, iter_jsonl, token_dtype
+from .prompt_templates import TEMPLATES
 from .tokenizer import ByteTokenizer, HFTokenizer
 
 if TYPE_CHECKING:
@@ -146,26 +148,38 @@ def parse_record(record: Any, where: str = "record") -> list[Message]:
         msgs.pop()  # an unanswered last question teaches nothing
     if not msgs:
         raise ConfigError(FIELD, f"{where}: the conversation has no assistant response")
-    first = next(m for m in msgs if m["role"] != "system")
-    if first["role"] != "user":
+    system = [m for m in msgs[:1] if m["role"] == "system"]
+    turns = msgs[len(system) :]
+    if not any(m["role"] == "user" for m in turns):
         raise ConfigError(FIELD, f"{where}: the conversation must start with a user turn")
-    return msgs
+    # Answers before the first question are dropped, as llama-moe's SFT script drops them.
+    first_user = next(i for i, m in enumerate(turns) if m["role"] == "user")
+    return system + turns[first_user:]
 
 
 # ---- rendering and tokenising --------------------------------------------------------------
 
 
 class ChatEncoder:
-    """Conversation -> (token ids, response mask) with the tokenizer's chat template or the plain format."""
+    """Conversation -> (token ids, response mask) with a named template (`prompt_template`), the
+    tokenizer's chat template, or the plain format."""
 
-    def __init__(self, tokenizer: Tok):
+    def __init__(self, tokenizer: Tok, prompt_template: str = "auto"):
         self.tok = tokenizer
         hf = tokenizer.hf_tokenizer if isinstance(tokenizer, HFTokenizer) else None
-        self._template = hf if hf is not None and getattr(hf, "chat_template", None) else None
+        self._named = TEMPLATES.get(prompt_template)
+        use_chat = self._named is None and hf is not None and getattr(hf, "chat_template", None)
+        self._template = hf if use_chat else None
 
     @property
     def uses_template(self) -> bool:
         return self._template is not None
+
+    @property
+    def style(self) -> str:
+        if self._named is not None:
+            return f"{self._named.__name__.replace('_', '-')} template"
+        return "chat template" if self._template is not None else "plain chat format"
 
     def _render(self, messages: list[Message], generation_prompt: bool) -> str:
         assert self._template is not None
@@ -204,14 +218,22 @@ class ChatEncoder:
         eos = self.tok.eos_id
         ids: list[np.ndarray] = []
         mask: list[np.ndarray] = []
-        if self._template is not None:
+        eos_after_response = self._template is None
+        if self._named is not None:
+            rendered = self._named(messages)
+            segments, eos_after_response = rendered.segments, rendered.eos_after_response
+            bos = getattr(self.tok, "bos_id", None)
+            if rendered.bos_first and bos is not None:
+                ids.append(np.array([bos], np.int64))
+                mask.append(np.zeros(1, bool))
+        elif self._template is not None:
             segments = self._template_segments(messages, where)
         else:
             segments = self._plain_segments(messages)
         for text, is_response in segments:
             t = np.asarray(self.tok.encode(text), dtype=np.int64) if text else np.zeros(0, np.int64)
-            if is_response and self._template is None:
-                t = np.append(t, eos)  # the plain format's end of turn: a target, so the model learns to stop
+            if is_response and eos_after_response:
+                t = np.append(t, eos)  # the end of turn: a target, so the model learns to stop
             ids.append(t)
             mask.append(np.full(len(t), is_response))
         out_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
@@ -267,10 +289,12 @@ def read_records(path: Path, rel: str | None = None) -> Iterator[tuple[str, Any,
         yield f"{rel}:{lineno}", record, size
 
 
-def load_examples(source: str | Path, tokenizer: Tok, max_bytes: int | None = None) -> list[Example]:
+def load_examples(
+    source: str | Path, tokenizer: Tok, max_bytes: int | None = None, prompt_template: str = "auto"
+) -> list[Example]:
     """Every conversation under `source`, tokenised with its response mask (the first `max_bytes`
     bytes of records when given)."""
-    encoder = ChatEncoder(tokenizer)
+    encoder = ChatEncoder(tokenizer, prompt_template)
     out: list[Example] = []
     budget = float("inf") if max_bytes is None else max_bytes
     for rel, path in instruct_files(source):
@@ -356,7 +380,7 @@ def build_instruct_corpus(cfg: DataConfig, tokenizer: Tok) -> Corpus:
     """
     if cfg.source == "embedded":
         raise ConfigError("data.source", "data.format: instruct needs a local .jsonl/.json file or directory")
-    examples = load_examples(cfg.source, tokenizer, cfg.max_bytes)
+    examples = load_examples(cfg.source, tokenizer, cfg.max_bytes, cfg.prompt_template)
     if not examples:
         raise ConfigError(FIELD, f"{cfg.source}: no conversations found")
     flags = [is_validation(e.key, cfg.val_fraction) for e in examples]
@@ -365,13 +389,15 @@ def build_instruct_corpus(cfg: DataConfig, tokenizer: Tok) -> Corpus:
         split = "position"
         n_val = max(1, round(len(examples) * cfg.val_fraction)) if len(examples) > 1 else 0
         flags = [i >= len(examples) - n_val for i in range(len(examples))]
-    train = pack([e for e, v in zip(examples, flags, strict=True) if not v], tokenizer.vocab_size)
-    val = pack([e for e, v in zip(examples, flags, strict=True) if v], tokenizer.vocab_size)
-    encoder = ChatEncoder(tokenizer)
-    style = "chat template" if encoder.uses_template else "plain chat format"
+    train_examples = [e for e, v in zip(examples, flags, strict=True) if not v]
+    val_examples = [e for e, v in zip(examples, flags, strict=True) if v]
+    style = ChatEncoder(tokenizer, cfg.prompt_template).style
+    layout = "packed" if cfg.packing else f"one per row, padded to the {cfg.padding.replace('_', ' ')}"
     return Corpus(
-        train=train,
-        val=val,
-        source=f"instruct: {cfg.source} ({len(examples)} conversations, {style})",
+        train=pack(train_examples, tokenizer.vocab_size),
+        val=pack(val_examples, tokenizer.vocab_size),
+        source=f"instruct: {cfg.source} ({len(examples)} conversations, {style}, {layout})",
         split=split,
+        # The conversations themselves, for the unpacked (padded) layout.
+        meta={"train_examples": train_examples, "val_examples": val_examples},
     )

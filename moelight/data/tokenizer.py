@@ -66,6 +66,10 @@ class ByteTokenizer:
     def pad_id(self) -> int:
         return self.PAD
 
+    @property
+    def padding_id(self) -> int:
+        return self.PAD
+
     def encode(self, text: str) -> np.ndarray:
         """UTF-8 bytes of `text` as a uint16 array (no specials added)."""
         return self.encode_bytes(text.encode("utf-8"))
@@ -115,6 +119,18 @@ class HFTokenizer:
     @property
     def pad_id(self) -> int | None:
         return self._tok.pad_token_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._tok.bos_token_id
+
+    @property
+    def padding_id(self) -> int:
+        """What padded rows are filled with: PAD, else UNK, else EOS (llama-moe's SFT script's rule)."""
+        for candidate in (self._tok.pad_token_id, self._tok.unk_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return self._eos
 
     @property
     def hf_tokenizer(self) -> Any:

@@ -5,16 +5,16 @@ Import reads `config.json` and the `*.safetensors` files of a local checkpoint d
 moelight name and checks it against the shape the converted `ModelConfig` implies. Export runs
 the same name table backwards and writes the hub's on-disk layout (one tensor per expert).
 
-The architecture-specific parts (config translation, module prefixes, expert tensor names) live
-in one module per architecture (`qwen2_moe.py`, `mixtral.py`, `olmoe.py`); the name table
-below is shared, because all three are Llama-style decoders.
+The architecture-specific parts (config translation, module prefixes, expert and router tensor
+names) live in one module per architecture (`qwen2_moe.py`, `mixtral.py`, `olmoe.py`,
+`llama_moe.py`); the name table below is shared, because all of them are Llama-style decoders.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,31 @@ class Architecture:
         """Adjust model and tensors to what the HF class always builds (e.g. zero biases)."""
         return model, state
 
+    def router_entries(self, mlp: str, ours: str, router: dict[str, Any] | None) -> list[Entry]:
+        """The router's tensors of one MoE layer (`mlp`: its HF prefix, `ours`: `blocks.{i}.ffn`)."""
+        return [Entry(f"{ours}.router.gate.weight", (f"{mlp}.gate.weight",))]
+
+    def collaborator_lists(self, cfg: dict[str, Any]) -> list | None:
+        """Collaborator lists [layers][E][E] a C2R checkpoint's config.json carries for its router."""
+        return None
+
+    def shape_router(self, router: dict[str, Any] | None) -> dict[str, Any]:
+        """A router section with the same parameter names as `router`, buildable without a profile."""
+        return {"name": "topk"}
+
+    def expert_key(self, mlp: str, hf_name: str, expert: int) -> str:
+        return f"{mlp}.experts.{expert}.{hf_name}.weight"
+
+    fused_experts: bool = True  # transformers-5 fused `experts.gate_up_proj` accepted on import
+
 
 def architectures() -> dict[str, Architecture]:
+    from moelight.hf.llama_moe import LlamaMoe
     from moelight.hf.mixtral import Mixtral
     from moelight.hf.olmoe import Olmoe
     from moelight.hf.qwen2_moe import Qwen2Moe
 
-    return {a.name: a for a in (Qwen2Moe(), Mixtral(), Olmoe())}
+    return {a.name: a for a in (Qwen2Moe(), Mixtral(), Olmoe(), LlamaMoe())}
 
 
 def get_architecture(name: str | None, where: str = "") -> Architecture:
@@ -74,7 +92,7 @@ def get_architecture(name: str | None, where: str = "") -> Architecture:
         what = f"{where}: " if where else ""
         raise MoelightError(
             f"{what}unsupported architecture {name!r}; supported: {', '.join(archs)} "
-            "(Qwen2-MoE / Qwen1.5-MoE, Mixtral, OLMoE)"
+            "(Qwen2-MoE / Qwen1.5-MoE, Mixtral, OLMoE, LLaMA-MoE v1)"
         )
     return archs[name]
 
@@ -185,7 +203,7 @@ def aux_coef_to_hf(coef: float, top_k: int, n_moe_layers: int) -> float:
     return float(coef) * max(n_moe_layers, 1) / top_k
 
 
-EXPORTABLE_ROUTERS = ("topk", "c2r")
+EXPORTABLE_ROUTERS = ("topk",)
 
 
 def topk_router_of(
@@ -196,21 +214,14 @@ def topk_router_of(
 
     name = router.get("name")
     if name not in EXPORTABLE_ROUTERS:
-        raise MoelightError(
-            f"--arch {arch}: router {name!r} cannot be exported: Hugging Face routes with a plain softmax "
-            "top-k gate; exportable routers: topk (exact), c2r (the gate is kept, HF then routes by top-k)"
-        )
+        from moelight.hf.router_swap import refuse_routing_change
+
+        refuse_routing_change(name, arch, top_k)
     _, params = routers.params(router, "router")
     values = params.model_dump()
     warnings: list[str] = []
     if values.get("score", "softmax") != "softmax":
         raise MoelightError(f"--arch {arch}: the router scores with {values['score']}; {arch} uses softmax")
-    if name != "topk":
-        warnings.append(
-            f"router {name!r} is exported as {arch}'s plain softmax top-k router: the gate weights are "
-            f"kept, but Hugging Face will route each token to its top-{top_k} experts "
-            f"instead of applying the {name!r} rule"
-        )
     if renormalize_fixed is not None and bool(values.get("renormalize", False)) != renormalize_fixed:
         raise MoelightError(
             f"--arch {arch}: {arch} always uses renormalize={renormalize_fixed} for the top-k weights, "
@@ -255,7 +266,7 @@ class Entry:
         return len(self.hf) > 1 or self.fused is not None
 
 
-def weight_map(model: ModelConfig, arch: Architecture) -> list[Entry]:
+def weight_map(model: ModelConfig, arch: Architecture, router: dict[str, Any] | None = None) -> list[Entry]:
     """Every tensor of the moelight model (all experts) with its HF source, in model order."""
     entries = [Entry("embed.weight", ("model.embed_tokens.weight",))]
     linears = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -272,13 +283,14 @@ def weight_map(model: ModelConfig, arch: Architecture) -> list[Entry]:
         entries.append(Entry(f"{ours}.ffn_norm.weight", (f"{hf}.post_attention_layernorm.weight",)))
         if model.is_moe_layer(i):
             mlp = f"{hf}.{arch.moe_module}"
-            entries.append(Entry(f"{ours}.ffn.router.gate.weight", (f"{mlp}.gate.weight",)))
+            entries += arch.router_entries(mlp, f"{ours}.ffn", router)
             for param, hf_name, part in zip(
                 ("w1", "v1", "w2"), arch.expert_names, ("gate", "up", "down"), strict=True
             ):
-                per_expert = tuple(f"{mlp}.experts.{e}.{hf_name}.weight" for e in range(model.num_experts))
+                per_expert = tuple(arch.expert_key(mlp, hf_name, e) for e in range(model.num_experts))
                 fused_key = f"{mlp}.experts.{'down_proj' if part == 'down' else 'gate_up_proj'}"
-                entries.append(Entry(f"{ours}.ffn.experts.{param}", per_expert, (fused_key, part)))
+                fused = (fused_key, part) if arch.fused_experts else None
+                entries.append(Entry(f"{ours}.ffn.experts.{param}", per_expert, fused))
             if model.shared_expert_ffn_hidden_size:
                 for name in ("gate_proj", "up_proj", "down_proj"):
                     entries.append(
@@ -299,12 +311,13 @@ def weight_map(model: ModelConfig, arch: Architecture) -> list[Entry]:
     return entries
 
 
-def expected_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The moelight state-dict shapes `model` implies (all experts), from a model on the meta device."""
+def expected_shapes(model: ModelConfig, router: dict[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
+    """The moelight state-dict shapes `model` (and the router's gate) imply (all experts), from a
+    model on the meta device."""
     from moelight.model.build import build_model, layer_contexts
     from moelight.recipe import Recipe
 
-    recipe = Recipe(model=model)  # default topk router: same parameter names as any gate router
+    recipe = Recipe(model=model, router=router or {"name": "topk"})
     contexts = layer_contexts(recipe)
     with torch.device("meta"):
         built = build_model(recipe, contexts=contexts)
@@ -408,6 +421,7 @@ class Imported:
     router: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
     notes: list[str]
+    collaborators: list | None = None  # a C2R checkpoint's lists, written as the recipe's profile
 
 
 def _read_entry(ckpt: HFCheckpoint, entry: Entry, expected: tuple[int, ...]) -> torch.Tensor:
@@ -455,8 +469,8 @@ def import_hf(hf_dir: str | Path) -> Imported:
     arch = get_architecture(model_type, f"{ckpt.path}/config.json model_type")
     fields, router, notes = arch.to_moelight(ckpt.config)
     model = validate_model(fields, str(ckpt.path))
-    shapes = expected_shapes(model)
-    entries = weight_map(model, arch)
+    shapes = expected_shapes(model, arch.shape_router(router))
+    entries = weight_map(model, arch, router)
 
     # All missing tensors at once: a wrong config usually misses many, and the list says which.
     missing = []
@@ -489,18 +503,22 @@ def import_hf(hf_dir: str | Path) -> Imported:
             f"{ckpt.path}: tensors the config.json does not account for: {_first(sorted(unexpected))} "
             "(is config.json from the same model?)"
         )
-    return Imported(arch, model, router, state, notes)
+    return Imported(arch, model, router, state, notes, arch.collaborator_lists(ckpt.config))
 
 
 # ---- export --------------------------------------------------------------------------------
 
 
 def export_state_dict(
-    state: dict[str, torch.Tensor], model: ModelConfig, arch: Architecture, dtype: torch.dtype | None = None
+    state: dict[str, torch.Tensor],
+    model: ModelConfig,
+    arch: Architecture,
+    dtype: torch.dtype | None = None,
+    router: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """moelight state dict (all experts) -> HF tensors in the hub layout, shapes checked."""
-    shapes = expected_shapes(model)
-    entries = weight_map(model, arch)
+    shapes = expected_shapes(model, arch.shape_router(router))
+    entries = weight_map(model, arch, router)
     wanted = {e.ours for e in entries}
     missing = [e.ours for e in entries if e.ours not in state]
     if missing:
@@ -539,7 +557,7 @@ def export_hf(
     arch = get_architecture(arch_name, "--arch")
     config, warnings = arch.to_hf(model, router)
     model, state = arch.prepare_export(model, state)
-    tensors = export_state_dict(state, model, arch, dtype)
+    tensors = export_state_dict(state, model, arch, dtype, router)
     first = next(iter(tensors.values()))
     config = {
         "architectures": [arch.hf_class],
@@ -567,6 +585,7 @@ TOKENIZER_FILES = {
     "chat_template.json",
 }
 TOKENIZER_DIR = "tokenizer"
+PROFILE_NAME = "collaborators.npy"
 
 
 def tokenizer_files(directory: Path) -> list[Path]:
@@ -642,6 +661,11 @@ def import_to_dir(
 
     model = imported.model.model_dump(mode="json") | {"init_from": WEIGHTS_NAME}
     recipe: dict[str, Any] = {"model": model, "router": imported.router}
+    if imported.collaborators is not None:
+        import numpy as np
+
+        np.save(out / PROFILE_NAME, np.asarray(imported.collaborators, dtype=np.int16))
+        recipe["profile"] = {"path": PROFILE_NAME}
     if tok_dir is not None:
         recipe["data"] = {"tokenizer": TOKENIZER_DIR}
     header = [
@@ -664,9 +688,11 @@ def export_from_checkpoint(
     recipe_path: str | Path | None = None,
     dtype: torch.dtype | None = None,
     force: bool = False,
+    replace_router: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[str]:
     """`moelight convert export`: a converted directory, .safetensors or Lightning .ckpt -> an HF
-    directory (config.json + model.safetensors in the hub layout, plus the tokenizer if known)."""
+    directory (config.json + model.safetensors in the hub layout, plus the tokenizer if known).
+    `replace_router` maps the checkpoint's router section to the one exported (`--router`)."""
     from moelight.recipe import load_recipe, validate_recipe
 
     get_architecture(arch, "--arch")  # before reading a possibly large checkpoint
@@ -681,7 +707,8 @@ def export_from_checkpoint(
         raise MoelightError(
             f"{source} carries no recipe: pass --recipe RECIPE (the recipe whose model section it was trained with)"
         )
-    warnings = export_hf(state, recipe.model, recipe.router, arch, out, dtype)
+    router = recipe.router if replace_router is None else replace_router(recipe.router)
+    warnings = export_hf(state, recipe.model, router, arch, out, dtype)
     tok = recipe.data.tokenizer
     if tok != "bytes" and Path(tok).is_dir():
         _copy_files(tokenizer_files(Path(tok)), out)

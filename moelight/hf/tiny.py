@@ -144,3 +144,113 @@ def make_tiny_tokenizer(out_dir: str | Path, chat_template: bool = True) -> Path
     out = Path(out_dir)
     fast.save_pretrained(out)
     return out
+
+
+def make_tiny_llama_moe_checkpoint(
+    out_dir: str | Path,
+    *,
+    gate_network: str = "mlp",
+    add_noise: bool = True,
+    score_scale: float = 4.0,
+    num_experts: int = 8,
+    num_selects: int = 2,
+    top_t: int | None = None,
+    collaborative_list: list | None = None,
+    n_layers: int = 2,
+    seed: int = 0,
+    **config: Any,
+) -> Path:
+    """A tiny random LLaMA-MoE v1 checkpoint in the official on-disk layout (config.json +
+    model.safetensors with pjlab-sys4nlp/llama-moe's key names), written without its modeling code.
+
+    `top_t` and `collaborative_list` add the C2R paper's fields. Noise weights are random (not
+    LLaMA-MoE's zeros) so that a mapping mistake shows.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    hidden, heads, size, vocab = 32, 4, 16, TINY_VOCAB
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float | None = None) -> torch.Tensor:
+        t = torch.randn(shape, generator=gen)
+        return t * (scale if scale is not None else 1 / math.sqrt(shape[-1]))
+
+    head_dim = hidden // heads
+    tensors = {"model.embed_tokens.weight": rand(vocab, hidden, scale=1.0)}
+    for i in range(n_layers):
+        pre = f"model.layers.{i}"
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            tensors[f"{pre}.self_attn.{name}.weight"] = rand(hidden, hidden)
+        # LLaMA-MoE saves the rotary table as a persistent buffer; importers must skip it.
+        tensors[f"{pre}.self_attn.rotary_emb.inv_freq"] = 1.0 / (
+            10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        )
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            tensors[f"{pre}.{name}.weight"] = 1.0 + 0.2 * rand(hidden, scale=1.0)
+        gate = f"{pre}.mlp.gate"
+        if gate_network == "linear":
+            tensors[f"{gate}.gate_network.weight"] = rand(num_experts, hidden, scale=0.5)
+        else:
+            tensors[f"{gate}.gate_network.0.weight"] = rand(num_experts, hidden, scale=0.5)
+            tensors[f"{gate}.gate_network.2.weight"] = rand(num_experts, num_experts, scale=1.0)
+        if add_noise:
+            tensors[f"{gate}.weight_noise.weight"] = rand(num_experts, hidden, scale=0.3)
+        experts = f"{pre}.mlp.calculator.experts"
+        for j in range(num_experts):
+            tensors[f"{experts}.weight_gate.{j}"] = rand(size, hidden)
+            tensors[f"{experts}.weight_up.{j}"] = rand(size, hidden)
+            tensors[f"{experts}.weight_down.{j}"] = rand(hidden, size)
+    tensors["model.norm.weight"] = 1.0 + 0.2 * rand(hidden, scale=1.0)
+    tensors["lm_head.weight"] = rand(vocab, hidden)
+
+    cfg: dict[str, Any] = {
+        "architectures": ["LlamaMoEForCausalLM"],
+        "model_type": "llama_moe",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": size * num_experts,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "rope_scaling": None,
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "num_experts": num_experts,
+        "num_selects": num_selects,
+        "size_experts": [[size] * num_experts for _ in range(n_layers)],
+        "gate_type": "TopKBalancedNoisyGate",
+        "gate_network": gate_network,
+        "gate_use_softmax": True,
+        "gate_use_balance": True,
+        "gate_balance_loss_weight": 0.01,
+        "gate_add_noise": add_noise,
+        "gate_noise_epsilon": 0.01,
+        "calculator_type": "UniversalCalculator",
+        "multiply_gate_scores": True,
+        "score_scale_factor": score_scale,
+        "add_weight_norm": False,
+        "drop_tokens": True,
+        "dropped_padding": "zero",
+        "capacity_factor": 1.25,
+        "pretraining_tp": 1,
+        "torch_dtype": "float32",
+    } | config
+    if top_t is not None:
+        cfg["top_t"] = top_t
+        cfg["collaborative_list"] = collaborative_list
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(out / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from moelight.dispatch import ExpertParallelContext
-from moelight.experts import ExpertWeights
+from moelight.experts import ExpertWeights, named_expert_parameters
 from moelight.layer_context import LayerContext
 from moelight.model.moe_layer import MoELayer
 from moelight.model.transformer import MoETransformer, SwiGLU
@@ -78,7 +78,7 @@ def build_model(
 def count_parameters(model: MoETransformer, recipe: Recipe) -> dict[str, int]:
     """Total parameters and those active per token (k of E experts), for the start-up report."""
     cfg = recipe.model
-    expert_params = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    expert_params = sum(p.numel() for _, p, _ in named_expert_parameters(model))
     per_expert = 3 * cfg.hidden_size * cfg.expert_ffn_hidden_size
     n_moe = len(model.moe_layers)
     total_experts = per_expert * cfg.num_experts * n_moe  # global, even when this rank holds a shard

@@ -8,17 +8,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from moelight.experts import ExpertWeights
+from moelight.experts import named_expert_parameters
 
 
 def expert_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     """Expert parameters by their names in `module`."""
-    out = {}
-    for name, sub in module.named_modules():
-        if isinstance(sub, ExpertWeights):
-            for pname, p in sub.named_parameters(recurse=False):
-                out[f"{name}.{pname}" if name else pname] = p
-    return out
+    return {name: p for name, p, _ in named_expert_parameters(module)}
 
 
 def reduce_expert_grads(params: list[nn.Parameter], edp_group, edp_size: int, world_size: int) -> None:

@@ -15,6 +15,7 @@ from moelight.model.build import build_model
 from moelight.recipe import Recipe, validate_recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
 from moelight.training.optim import build_optimizer
+from moelight.training.router_hooks import after_optimizer_step, begin_router_step, router_scalars
 
 
 def check_vocab(recipe: Recipe, tokenizer_vocab: int) -> None:
@@ -63,6 +64,7 @@ class MoELanguageModel(L.LightningModule):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        begin_router_step(self.model.moe_layers, self.global_step)
         loss = self._lm_loss(batch)
         aux = self.model.aux_loss().to(loss.device)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the mean over ranks
@@ -70,6 +72,7 @@ class MoELanguageModel(L.LightningModule):
         for layer in self.model.moe_layers:
             for name, value in layer.aux_losses.items():
                 self.log(f"aux/{name}/l{layer.ctx.layer_index}", value.detach())
+        self.log_dict(router_scalars(self.model.moe_layers))
         now = time.perf_counter()
         if self._t_last is not None:
             tokens = batch[0].numel() * self.trainer.world_size
@@ -79,6 +82,10 @@ class MoELanguageModel(L.LightningModule):
             metrics = routing_metrics(self.model.moe_layers) | dispatch_metrics(self.model.moe_layers)
             self.log_dict(metrics)
         return loss + aux
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        after_optimizer_step(self.model.moe_layers)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss = self._lm_loss(batch)
@@ -94,5 +101,6 @@ class MoELanguageModel(L.LightningModule):
         self.log("val/ppl", torch.exp(loss.clamp(max=20)))
 
     def configure_optimizers(self):
-        # The schedule spans the steps this Trainer will take (max_steps, or epochs x batches).
+        # The steps this Trainer will take: its max_steps, which trainer.max_epochs (EpochBudget)
+        # has resolved from the loaded data by now.
         return build_optimizer(self.model, self.recipe.optim, self.trainer.estimated_stepping_batches)

@@ -27,7 +27,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int) -> dic
         betas=cfg.betas,
         eps=cfg.eps,
     )
+    warmup = math.ceil(cfg.warmup_ratio * total_steps) if cfg.warmup_ratio else cfg.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+        optimizer, lambda step: lr_factor(step, warmup, total_steps, cfg.min_lr_ratio)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

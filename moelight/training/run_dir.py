@@ -159,7 +159,9 @@ def check_same_run(recipe: Recipe, path: Path, step: int) -> None:
                 "a resume continues the same model and optimizer, so use the checkpoint's values, or "
                 f"start a new run from its weights with model.init_from={path}"
             )
-    if recipe.trainer.max_steps <= step:
+    t = recipe.trainer
+    steps_known = t.max_epochs is None or "max_steps" in t.model_fields_set  # else: from the data
+    if steps_known and t.max_steps <= step:
         raise MoelightError(
             f"--resume {path}: the checkpoint is at step {step} and trainer.max_steps is "
             f"{recipe.trainer.max_steps}: nothing to train; raise trainer.max_steps above {step}"

@@ -21,6 +21,7 @@ from moelight.errors import MoelightError
 from moelight.parallel.liveness import RankRegistry
 from moelight.recipe import Recipe
 from moelight.training.checkpoint_io import AtomicCheckpointIO
+from moelight.training.epochs import EpochBudget
 from moelight.training.nonfinite import NonFiniteGuard
 from moelight.training.progress import StepProgressBar
 from moelight.training.save_last import SaveLast
@@ -112,10 +113,11 @@ def check_expert_parallel(recipe: Recipe) -> None:
 def moelight_callbacks(
     recipe: Recipe, progress_bar: bool, has_loggers: bool, checkpointing: bool = True
 ) -> list[L.Callback]:
-    """The divergence and signal guards, the rank registry, the step progress bar, the LR monitor,
+    """The epoch budget, the divergence and signal guards, the rank registry, the step progress bar, the LR monitor,
     and periodic and final checkpoints under out_dir."""
     t = recipe.trainer
     callbacks: list[L.Callback] = [
+        EpochBudget(),  # sets max_steps from trainer.max_epochs before the LR schedule is built
         NonFiniteGuard(t.on_nonfinite, t.max_nonfinite_skips),
         PreemptionGuard(),
         RankRegistry(t.out_dir),

@@ -12,11 +12,16 @@ communication and this is a local grouped dispatch (equal to `sorted`).
 
 Steps (kernels in moelight/kernels, Triton on CUDA, torch references elsewhere):
   send plan   token_slots -> counting_sort by device -> row_plan
-  permute     gather_rows(x) -> all_to_all (counts first) -> counting_sort by local expert -> gather_rows
+  permute     gather_rows(x) -> all_to_all (counts first; then the rows with their weights and
+              local ids packed into the same buffer) -> counting_sort by local expert -> gather_rows
   experts     ExpertWeights.grouped
   combine     combine_rows (weighted, per received row) -> all_to_all back -> combine_rows (sum per token)
-Autograd runs through both all_to_alls (and the one carrying the weights), so the backward is
-the same exchange in reverse.
+Collectives per layer: 3 forward (counts, rows out, rows back), 2 backward (the two row
+exchanges reversed, the weights' gradient packed with the rows'); MegaBlocks makes the same 5.
+Rows for this device never enter the all2all; with `overlap` (default) they run while the remote
+rows are in flight, and the remote rows travel in `chunks` pipelined exchanges so that the
+experts run on one chunk while the next is in flight (moelight/parallel/all_to_all.py, via the api:
+`launch_all_to_all`/`wait_all_to_all`, forward and backward; each chunk adds its calls' latency).
 """
 
 from __future__ import annotations
@@ -24,23 +29,24 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import Field
 
-from moelight.api import ConfigError, Dispatcher, PluginParams, Routing, dispatchers
-from moelight.kernels import select_impl
-from moelight.kernels.combine import combine_rows
-from moelight.kernels.counting_sort import counting_sort
-from moelight.kernels.permute import gather_rows
-from moelight.kernels.row_plan import row_plan
-from moelight.kernels.token_slots import token_slots
-
-
-def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
-    """Variable-size all_to_all with autograd (functional collectives work on gloo and NCCL)."""
-    import torch.distributed._functional_collectives as fc
-
-    return fc.wait_tensor(fc.all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group))
+from moelight.api import (
+    ConfigError,
+    Dispatcher,
+    PluginParams,
+    Routing,
+    all_to_all_counts,
+    combine_rows,
+    counting_sort,
+    dispatchers,
+    gather_rows,
+    launch_all_to_all,
+    row_plan,
+    select_impl,
+    token_slots,
+    wait_all_to_all,
+)
 
 
 @dispatchers.register("grouplocal")
@@ -52,6 +58,17 @@ class GroupLocalDispatcher(Dispatcher):
             "per_device",
             description="per_device: one row per (token, device) (group-local); "
             "per_expert: one row per (token, expert), the usual EP baseline",
+        )
+        overlap: bool = Field(
+            True,
+            description="run the rows that stay on this device while the remote rows are in flight "
+            "(asynchronous all2all, forward and backward)",
+        )
+        chunks: int = Field(
+            2,
+            ge=1,
+            description="with overlap: remote rows in this many pipelined exchanges, so the experts "
+            "run on one chunk while the next is in flight",
         )
         kernels: Literal["auto", "triton", "torch"] = Field(
             "auto", description="auto: Triton on CUDA, torch references elsewhere"
@@ -110,37 +127,90 @@ class GroupLocalDispatcher(Dispatcher):
         width = row_experts.shape[1]
         row_weights = torch.zeros(num_rows * width, dtype=torch.float32, device=x.device)
         row_weights = row_weights.index_put((dest.reshape(-1),), routing.weights.float().reshape(-1))
+        row_weights = row_weights.view(num_rows, width)
         send_x = gather_rows(x, row_token, token_rows, impl)
-        # Weights and local ids travel together; ids are exact in float32 (< 2**24).
-        send_meta = torch.cat([row_weights.view(num_rows, width), row_experts.float()], dim=1)
 
-        # --- exchange: counts first, then rows and metadata.
-        if p > 1:
-            recv_counts = torch.empty_like(send_counts)
-            dist.all_to_all_single(recv_counts, send_counts, group=self.ep.group)
-            out_splits, in_splits = recv_counts.tolist(), send_splits
-            recv_x = _all_to_all(send_x, out_splits, in_splits, self.ep.group)
-            recv_meta = _all_to_all(send_meta, out_splits, in_splits, self.ep.group)
+        if p == 1:
+            back = self._experts(send_x, row_experts, row_weights, impl)
         else:
-            recv_x, recv_meta = send_x, send_meta
-        recv_weights = recv_meta[:, :width]
-        recv_experts = recv_meta[:, width:].detach().round().long()
-
-        # --- experts: (row, slot) pairs sorted by local expert, run grouped, folded back per row.
-        pos, order, expert_counts = counting_sort(recv_experts, self.experts.num_local, impl)
-        pair_index = pos.view(-1, width)
-        xs = gather_rows(recv_x, order // width, pair_index, impl)
-        ys = self.experts.grouped(xs, expert_counts)
-        if xs.requires_grad and not ys.requires_grad:
-            ys = ys + xs.sum() * 0  # no rows here: keep the graph so every rank's backward exchange runs
-        out_rows = combine_rows(ys, pair_index, recv_weights, impl).to(x.dtype)
-
-        # --- back: one row per received row; the source sums the rows of each token.
-        back = _all_to_all(out_rows, in_splits, out_splits, self.ep.group) if p > 1 else out_rows
-        y = combine_rows(back, token_rows, None, impl)
+            back = self._exchange(send_x, row_experts, row_weights, send_counts, send_splits, impl)
+        y = combine_rows(back, token_rows, None, impl)  # the source sums the rows of each token
 
         self._count(t, opens, send_splits, x)
         return y.to(x.dtype)
+
+    def _experts(
+        self, rows: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, impl
+    ) -> torch.Tensor:
+        """Rows asking for local experts (ids [R, W], -1 unused) -> one weighted output row each."""
+        width = experts.shape[1]
+        pos, order, expert_counts = counting_sort(experts, self.experts.num_local, impl)
+        pair_index = pos.view(-1, width)
+        xs = gather_rows(rows, order // width, pair_index, impl)
+        ys = self.experts.grouped(xs, expert_counts)
+        if xs.requires_grad and not ys.requires_grad:
+            ys = ys + xs.sum() * 0  # no rows here: keep the graph so every rank's backward exchange runs
+        return combine_rows(ys, pair_index, weights, impl).to(rows.dtype)
+
+    def _exchange(self, send_x, row_experts, row_weights, send_counts, send_splits, impl) -> torch.Tensor:
+        """Remote rows out and back: counts, then rows (their metadata packed in), then rows back
+        (the backward: the two row exchanges reversed). Rows for this device never leave it.
+
+        With `overlap`, the remote rows go in `chunks` exchanges (each destination's rows split
+        evenly), all launched at once: the experts run on chunk c while chunk c+1 is in flight
+        and send chunk c back while running chunk c+1; the local rows run half while the first
+        chunk is in flight, half while the last comes back. The backward overlaps the same way.
+        """
+        r, group, width = self.ep.rank, self.ep.group, row_experts.shape[1]
+        p = self.ep.size
+        recv_splits = all_to_all_counts(send_counts, group).tolist()
+        starts = [sum(send_splits[:d]) for d in range(p)]
+        lo, hi = starts[r], starts[r] + send_splits[r]
+        n = self.params.chunks if self.params.overlap else 1
+
+        def part(count: int, c: int) -> tuple[int, int]:
+            return count * c // n, count * (c + 1) // n
+
+        # Weights and local ids travel in the row buffer; ids are exact in float32 (< 2**24).
+        meta = torch.cat([row_weights, row_experts.float()], dim=1)
+        index, sends, recvs = [], [], []
+        for c in range(n):
+            rows = [
+                torch.arange(starts[d] + part(send_splits[d], c)[0], starts[d] + part(send_splits[d], c)[1])
+                for d in range(p)
+                if d != r
+            ]
+            index.append(torch.cat(rows).to(send_x.device))
+            sends.append(
+                [0 if d == r else part(send_splits[d], c)[1] - part(send_splits[d], c)[0] for d in range(p)]
+            )
+            recvs.append(
+                [0 if s == r else part(recv_splits[s], c)[1] - part(recv_splits[s], c)[0] for s in range(p)]
+            )
+
+        def local(a: int, b: int) -> torch.Tensor:
+            return self._experts(send_x[a:b], row_experts[a:b], row_weights[a:b], impl)
+
+        mid = (lo + hi) // 2 if self.params.overlap else hi
+        out = [
+            launch_all_to_all(send_x[i], meta[i], recvs[c], sends[c], group, grad_width=width)
+            for c, i in enumerate(index)
+        ]
+        parts = [local(lo, mid)] if self.params.overlap else []
+        back = []
+        for c, (buf, tr) in enumerate(out):
+            recv_x, recv_meta = wait_all_to_all(buf, tr)
+            recv_experts = recv_meta[:, width:].detach().round().long()
+            rows = self._experts(recv_x, recv_experts, recv_meta[:, :width], impl)
+            back.append(launch_all_to_all(rows, None, sends[c], recvs[c], group))
+        if self.params.overlap:
+            parts.append(local(mid, hi))
+        parts = [wait_all_to_all(buf, tr)[0] for buf, tr in back] + parts
+        if not self.params.overlap:
+            parts.append(local(lo, hi))
+        # Back into send order: chunk rows to their places, this device's rows in between.
+        order = torch.cat([*index, torch.arange(lo, hi, device=send_x.device)])
+        return torch.cat(parts)[torch.argsort(order)]
 
     def _count(self, tokens: int, opens: torch.Tensor, send_splits: list[int], x: torch.Tensor) -> None:
         rows = sum(send_splits)

@@ -45,15 +45,10 @@ class _CanonicalGLU(nn.Module):
         object.__setattr__(self, "experts", experts)
         self.impl = impl
 
-    def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        w = (self.experts.w1, self.experts.v1, self.experts.w2)
-        # Under bf16-mixed the master weights are fp32; cast per call exactly as autocast does
-        # for every nn.Linear. With bf16 weights (bf16-true) nothing is copied.
-        return tuple(t if t.dtype == dtype else t.to(dtype) for t in w)
-
     def forward(self, x: torch.Tensor, meta: object) -> torch.Tensor:
         """`meta`: tokens per local expert (grouped) or the stk block-sparse topology (sparse)."""
-        w1, v1, w2 = self._weights(x.dtype)
+        # Under bf16-mixed the master weights are fp32 and are cast per call; bf16-true copies nothing.
+        w1, v1, w2 = self.experts.in_dtype(x.dtype)
         if self.impl == "grouped":
             from megablocks import grouped_gemm_util as gg
 

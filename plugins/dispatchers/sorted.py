@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from moelight.api import ConfigError, Dispatcher, Routing, dispatchers
+from moelight.api import Dispatcher, Routing, dispatchers
 
 
 @dispatchers.register("sorted")
 class SortedDispatcher(Dispatcher):
     """Portable torch: sort token copies by expert, run each expert, scatter-add back."""
 
-    def __init__(self, params, ctx, experts, ep=None):
-        super().__init__(params, ctx, experts, ep)
-        if self.ep.size > 1:
-            raise ConfigError(
-                "dispatcher.name",
-                "'sorted' runs on one device; with parallel.expert_parallel > 1 use 'grouplocal'",
-            )
+    single_device = True
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         t, k = routing.experts.shape

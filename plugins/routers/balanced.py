@@ -5,7 +5,9 @@
   training, combine weights = softmax over the k selected (noisy) logits, and the loss
   `CV^2(importance) + CV^2(load)`, where importance = the summed gate weights per expert and
   load = the smooth probability (normal CDF) that each expert lands in the top k under the noise
-  (the plain count when no noise is drawn).
+  (the plain count when no noise is drawn). `gate_network: mlp`, `score_scale` and
+  `load_membership: noise` make it LLaMA-MoE v1's gate exactly (what `moelight convert import`
+  writes for a `llama_moe` checkpoint).
 - `method: bias` — auxiliary-loss-free balancing (DeepSeek-V3): a per-expert bias, added to the
   scores for selection only, nudged after every training forward by
   `bias_update_rate * sign(mean_load - load_e)`.
@@ -13,26 +15,34 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import Field, model_validator
-from torch import nn
 
-from moelight.api import LayerContext, PluginParams, Router, Routing, routers
-from moelight.router_losses import (
-    cv_squared,
+from moelight.api import (
+    GateNetwork,
+    GateNoise,
+    LayerContext,
+    LoadMembership,
+    Router,
+    Routing,
+    StandardRoutingParams,
+    build_gate,
+    cv_balance_loss,
     expert_counts,
+    finish_routing,
+    register_expert_bias,
     router_scores,
-    standard_routing,
+    routers,
+    smooth_load,
+    update_expert_bias,
     z_loss,
 )
 
 # Params that belong to one method only; setting one under the other method is a recipe error.
 _METHOD_PARAMS = {
-    "noisy_cv": ("noise_epsilon", "balance_loss_coef"),
+    "noisy_cv": ("noise", "noise_epsilon", "balance_loss_coef", "load_membership"),
     "bias": ("score", "renormalize", "bias_update_rate", "aux_loss_coef"),
 }
 
@@ -41,10 +51,22 @@ _METHOD_PARAMS = {
 class BalancedRouter(Router):
     """Top-k router with active load balancing (`noisy_cv` or `bias`)."""
 
-    class Params(PluginParams):
+    class Params(StandardRoutingParams):
         method: Literal["noisy_cv", "bias"] = Field("noisy_cv", description="balancing method")
         z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (both methods)")
+        gate_network: GateNetwork = Field(
+            "linear", description="linear gate, or LLaMA-MoE's mlp gate (Linear -> Tanh -> Linear)"
+        )
+        score_scale: float = Field(
+            1.0, gt=0, description="combine weights are multiplied by this (LLaMA-MoE's score_scale_factor)"
+        )
         # noisy_cv
+        noise: bool = Field(True, description="noisy_cv: add the learned gate noise in training")
+        load_membership: LoadMembership = Field(
+            "noisy_logit",
+            description="noisy_cv: smooth load decides top-k membership on the noisy logit (paper) or on "
+            "the noise term alone (noise: LLaMA-MoE's code)",
+        )
         noise_epsilon: float = Field(1e-2, gt=0, description="noisy_cv: minimum noise std")
         balance_loss_coef: float = Field(
             0.01, ge=0, description="noisy_cv: weight of CV^2(importance)+CV^2(load)"
@@ -72,16 +94,13 @@ class BalancedRouter(Router):
     def __init__(self, params: Params, ctx: LayerContext):
         super().__init__(params, ctx)
         d, e = ctx.hidden_size, ctx.num_experts
-        self.gate = nn.Linear(d, e, bias=False)
-        nn.init.normal_(self.gate.weight, std=0.02)
+        self.gate = build_gate(d, e, params.gate_network)
+        self.noise: GateNoise | None = None
         if params.method == "noisy_cv":
-            # Zero init as in LLaMA-MoE: the noise starts at std softplus(0) + eps everywhere.
-            self.noise = nn.Linear(d, e, bias=False)
-            nn.init.zeros_(self.noise.weight)
+            if params.noise:
+                self.noise = GateNoise(d, e, params.noise_epsilon)
         else:
-            # A buffer, not a parameter: it is learned by the load rule, never by gradients,
-            # and it is saved with checkpoints.
-            self.register_buffer("expert_bias", torch.zeros(e, dtype=torch.float32))
+            register_expert_bias(self, e)
 
     def forward(self, x: torch.Tensor) -> Routing:
         if self.params.method == "noisy_cv":
@@ -93,49 +112,31 @@ class BalancedRouter(Router):
     def _noisy_cv(self, x: torch.Tensor) -> Routing:
         p, k, e = self.params, self.ctx.top_k, self.ctx.num_experts
         clean = self.gate(x).float()
-        noisy_training = self.training
-        if noisy_training:
-            noise_std = nn.functional.softplus(self.noise(x).float()) + p.noise_epsilon
-            logits = clean + torch.randn_like(clean) * noise_std
-        else:
-            logits = clean
+        noisy_training = self.training and self.noise is not None
+        logits, noise, noise_std = self.noise(x, clean) if noisy_training else (clean, None, None)
         # k+1 values: the (k+1)-th is the threshold an expert outside the top k has to beat.
-        m = min(k + 1, e)
-        top_logits, top_idx = logits.topk(m, dim=-1)
+        top_logits, top_idx = logits.topk(min(k + 1, e), dim=-1)
         experts = top_idx[:, :k]
         weights = torch.softmax(top_logits[:, :k], dim=-1)
 
         losses: dict[str, torch.Tensor] = {}
         if p.balance_loss_coef:
-            importance = torch.zeros_like(clean).scatter(1, experts, weights).sum(0)
             if noisy_training and k < e:
-                load = self._smooth_load(clean, logits, noise_std, top_logits, k)
+                load = smooth_load(
+                    clean,
+                    logits,
+                    noise,
+                    noise_std,
+                    threshold_in=top_logits[:, k : k + 1],
+                    threshold_out=top_logits[:, k - 1 : k],
+                    membership=p.load_membership,
+                )
             else:
                 load = expert_counts(experts, e)
-            losses["load_balance"] = p.balance_loss_coef * (cv_squared(importance) + cv_squared(load))
+            losses["load_balance"] = p.balance_loss_coef * cv_balance_loss(experts, weights, load)
         if p.z_loss_coef:
             losses["z_loss"] = p.z_loss_coef * z_loss(clean)
-        return Routing(experts=experts, weights=weights, logits=clean, aux_losses=losses)
-
-    @staticmethod
-    def _smooth_load(
-        clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Tensor, top_logits: torch.Tensor, k: int
-    ) -> torch.Tensor:
-        """Expected number of tokens per expert: sum over tokens of P(expert in top k).
-
-        For expert e the other noisy logits are held fixed: if e is in the top k it must stay
-        above the (k+1)-th value, otherwise it must beat the k-th value (Shazeer et al. 2017).
-        Membership is decided on the noisy logits, as in the paper (the LLaMA-MoE gate we read
-        compares the noise term alone against the threshold).
-        """
-        threshold_if_in = top_logits[:, k : k + 1]
-        threshold_if_out = top_logits[:, k - 1 : k]
-        is_in = noisy > threshold_if_in
-        threshold = torch.where(is_in, threshold_if_in, threshold_if_out)
-        # Standard normal CDF without torch.distributions (no device bookkeeping).
-        z = (clean - threshold) / noise_std
-        prob = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
-        return prob.sum(0)
+        return Routing(experts=experts, weights=weights * p.score_scale, logits=clean, aux_losses=losses)
 
     # --- bias ---------------------------------------------------------------------------------
 
@@ -146,25 +147,7 @@ class BalancedRouter(Router):
         # The bias steers selection only; the weights come from the unbiased scores.
         experts = (scores.detach() + self.expert_bias).topk(k, dim=-1).indices
         if self.training and p.bias_update_rate:
-            self._update_bias(experts)
-        return standard_routing(
-            logits,
-            scores,
-            experts,
-            score=p.score,
-            renormalize=p.renormalize,
-            aux_loss_coef=p.aux_loss_coef,
-            z_loss_coef=p.z_loss_coef,
-        )
-
-    @torch.no_grad()
-    def _update_bias(self, experts: torch.Tensor) -> None:
-        """Raise the bias of underloaded experts and lower it for overloaded ones.
-
-        With torch.distributed initialised the counts are summed over all ranks first, so every
-        replica of this (data-parallel) router applies the same update.
-        """
-        load = expert_counts(experts, self.ctx.num_experts)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(load)
-        self.expert_bias.add_(self.params.bias_update_rate * torch.sign(load.mean() - load))
+            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
+        routing = finish_routing(logits, scores, experts, p)
+        routing.weights = routing.weights * p.score_scale
+        return routing

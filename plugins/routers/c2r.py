@@ -4,7 +4,17 @@ Per token: the top-1 expert e by router score, then the k-1 highest-scoring expe
 first `top_t` collaborators. Collaborators come from the collaboration profile (`profile`: the
 layer's collaborator lists) or from the expert placement (`placement`: the other experts on e's
 device, so all k experts of a token live on one device and the token crosses the network once).
-Weights are the router probabilities of the chosen experts.
+Weights are the router probabilities of the chosen experts. Load-aware C2R (`bias_update_rate`):
+the auxiliary-loss-free expert bias (DeepSeek-V3) shifts the top-1 and candidate *selection*,
+never the weights.
+
+LLaMA-MoE's C2R (the official patch of its TopKBalancedNoisyGate) is this rule with
+`gate_network: mlp`, `noise: true` (selection on the noisy logits in training),
+`renormalize: true` (softmax over the k chosen logits), `score_scale` and the CV^2
+importance + load loss (`balance_loss_coef`), whose smooth load is computed against the
+constrained candidate set: an expert is "in" against the best candidate not chosen and "out"
+against the weakest one chosen (when T = k - 1 every candidate is chosen, and the next
+collaborator in the list sets the bar, as the official code does at T = 1).
 """
 
 from __future__ import annotations
@@ -12,19 +22,35 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
-from torch import nn
+from pydantic import Field, model_validator
 
-from moelight.api import ConfigError, LayerContext, PluginParams, Router, Routing, routers
-from moelight.collaboration import is_collaborator_list
-from moelight.router_losses import router_scores, standard_routing
+from moelight.api import (
+    ConfigError,
+    GateNetwork,
+    GateNoise,
+    LayerContext,
+    LoadMembership,
+    Router,
+    Routing,
+    StandardRoutingParams,
+    build_gate,
+    cv_balance_loss,
+    expert_counts,
+    finish_routing,
+    is_collaborator_list,
+    register_expert_bias,
+    router_scores,
+    routers,
+    smooth_load,
+    update_expert_bias,
+)
 
 
 @routers.register("c2r")
 class C2RRouter(Router):
     """Top-1 expert plus the best k-1 of its top_t collaborators."""
 
-    class Params(PluginParams):
+    class Params(StandardRoutingParams):
         top_t: int = Field(
             ..., ge=1, description="candidates per token: the top-1 expert's first top_t collaborators"
         )
@@ -32,12 +58,37 @@ class C2RRouter(Router):
             "profile",
             description="collaborator source: the profile's lists, or the experts on the same device",
         )
-        score: Literal["softmax", "sigmoid"] = Field(
-            "softmax", description="score function over the router logits"
+        # LLaMA-MoE's gate (see the module docstring)
+        gate_network: GateNetwork = Field(
+            "linear", description="linear gate, or LLaMA-MoE's mlp gate (Linear -> Tanh -> Linear)"
         )
-        renormalize: bool = Field(False, description="renormalise the k combine weights to sum 1")
-        aux_loss_coef: float = Field(0.01, ge=0, description="Switch/GShard load-balancing loss weight")
-        z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (ST-MoE)")
+        score_scale: float = Field(
+            1.0, gt=0, description="combine weights are multiplied by this (LLaMA-MoE's score_scale_factor)"
+        )
+        noise: bool = Field(
+            False, description="learned gate noise in training; experts are chosen on noisy logits"
+        )
+        noise_epsilon: float = Field(1e-2, gt=0, description="minimum noise std (with noise: true)")
+        balance_loss_coef: float = Field(
+            0.0, ge=0, description="weight of CV^2(importance) + CV^2(load) against the candidate set"
+        )
+        load_membership: LoadMembership = Field(
+            "noisy_logit",
+            description="smooth load decides membership on the noisy logit (paper) or the noise alone "
+            "(noise: LLaMA-MoE's code)",
+        )
+        bias_update_rate: float = Field(
+            0.0, ge=0, description="load-aware C2R: step of the selection-only expert bias (0 = off)"
+        )
+
+        @model_validator(mode="after")
+        def _one_balancing_method(self):
+            if self.bias_update_rate and self.balance_loss_coef:
+                raise ValueError(
+                    "bias_update_rate (load-aware C2R) and balance_loss_coef (LLaMA-MoE's CV^2 loss) "
+                    "are two balancing methods; set only one"
+                )
+            return self
 
     def __init__(self, params: Params, ctx: LayerContext):
         super().__init__(params, ctx)
@@ -55,14 +106,20 @@ class C2RRouter(Router):
             collab = self._collaborator_lists(params, ctx)
             if params.collaborators == "profile":
                 table, valid = self._profile_candidates(collab, t)
+                following = self._next_collaborator(collab, t)
             else:
                 table, valid = self._placement_candidates(ctx, collab, t)
+                following = None
         # Derived from the recipe's profile/placement, so not part of the checkpoint.
         self.register_buffer("candidates", table, persistent=False)
         self.register_buffer("candidate_valid", valid, persistent=False)
+        # The (T+1)-th collaborator: the smooth load's bar when all T candidates are chosen.
+        self.register_buffer("next_collaborator", following, persistent=False)
         self._padded = not bool(valid.all())
-        self.gate = nn.Linear(ctx.hidden_size, e, bias=False)
-        nn.init.normal_(self.gate.weight, std=0.02)
+        self.gate = build_gate(ctx.hidden_size, e, params.gate_network)
+        self.noise = GateNoise(ctx.hidden_size, e, params.noise_epsilon) if params.noise else None
+        if params.bias_update_rate:
+            register_expert_bias(self, e)
 
     @staticmethod
     def _collaborator_lists(params: Params, ctx: LayerContext) -> torch.Tensor | None:
@@ -95,6 +152,13 @@ class C2RRouter(Router):
         rows = [row[row != i][:t] for i, row in enumerate(collab)]
         table = torch.stack(rows)
         return table, torch.ones_like(table, dtype=torch.bool)
+
+    @staticmethod
+    def _next_collaborator(collab: torch.Tensor, t: int) -> torch.Tensor | None:
+        """Row e: e's (t+1)-th collaborator, or None when the lists have no expert left after t."""
+        if t >= collab.shape[0] - 1:
+            return None
+        return torch.stack([row[row != i][t] for i, row in enumerate(collab)])
 
     @staticmethod
     def _placement_candidates(
@@ -133,24 +197,52 @@ class C2RRouter(Router):
 
     def forward(self, x: torch.Tensor) -> Routing:
         p, k = self.params, self.ctx.top_k
-        logits = self.gate(x).float()
+        clean = self.gate(x).float()
+        noisy_training = self.training and self.noise is not None
+        logits, noise, noise_std = self.noise(x, clean) if noisy_training else (clean, None, None)
         scores = router_scores(logits, p.score)
-        top1 = scores.argmax(dim=-1, keepdim=True)  # [T, 1]
-        if k > 1:
-            cand = self.candidates[top1.squeeze(1)]  # [T, t]
-            cand_scores = scores.detach().gather(1, cand)
-            if self._padded:
-                cand_scores = cand_scores.masked_fill(~self.candidate_valid[top1.squeeze(1)], float("-inf"))
-            picked = cand.gather(1, cand_scores.topk(k - 1, dim=-1).indices)
-            experts = torch.cat([top1, picked], dim=1)
-        else:
-            experts = top1
-        return standard_routing(
-            logits,
-            scores,
-            experts,
-            score=p.score,
-            renormalize=p.renormalize,
-            aux_loss_coef=p.aux_loss_coef,
-            z_loss_coef=p.z_loss_coef,
-        )
+        # Selection values: the logits (the score functions are monotonic), or, for load-aware
+        # C2R, the scores plus the expert bias (then there is no smooth load, see the validator).
+        selection = scores.detach() + self.expert_bias if p.bias_update_rate else logits
+        top1 = selection.argmax(dim=-1, keepdim=True)  # [T, 1]
+        cand = self.candidates[top1.squeeze(1)]  # [T, t]
+        cand_values = selection.gather(1, cand)
+        if self._padded:
+            cand_values = cand_values.masked_fill(~self.candidate_valid[top1.squeeze(1)], float("-inf"))
+        # The best k candidates, best first: k-1 are chosen, the k-th is the smooth load's bar.
+        ranked_values, ranked = cand_values.topk(min(k, cand.shape[1]), dim=-1)
+        experts = torch.cat([top1, cand.gather(1, ranked[:, : k - 1])], dim=1)
+        if self.training and p.bias_update_rate:
+            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
+        routing = finish_routing(clean, scores, experts, p)
+        if p.balance_loss_coef:
+            if noisy_training and k < self.ctx.num_experts:
+                # The official gate's `top_logits`: top-1, then the best candidates; [T, k or k+1].
+                top_values = torch.cat([logits.gather(1, top1), ranked_values], dim=1)
+                load = smooth_load(
+                    clean,
+                    logits,
+                    noise,
+                    noise_std,
+                    threshold_in=self._bar(top_values, logits, top1, k),
+                    threshold_out=top_values[:, k - 1 : k],
+                    membership=p.load_membership,
+                )
+            else:
+                load = expert_counts(experts, self.ctx.num_experts)
+            routing.aux_losses["load_balance"] = p.balance_loss_coef * cv_balance_loss(
+                experts, routing.weights, load
+            )
+        routing.weights = routing.weights * p.score_scale
+        return routing
+
+    def _bar(
+        self, top_values: torch.Tensor, logits: torch.Tensor, top1: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        """[T, 1]: the best value not chosen: the k-th best candidate, or, when the candidates are
+        all chosen (T = k - 1), the next collaborator's logit (-inf in placement mode)."""
+        if top_values.shape[1] > k:
+            return top_values[:, k : k + 1]
+        if self.next_collaborator is None:
+            return torch.full_like(top_values[:, :1], float("-inf"))
+        return logits.gather(1, self.next_collaborator[top1])

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 from torch import nn
 
-from moelight.api import LayerContext, PluginParams, Router, Routing, routers
-from moelight.router_losses import router_scores, standard_routing
+from moelight.api import (
+    LayerContext,
+    Router,
+    Routing,
+    StandardRoutingParams,
+    finish_routing,
+    router_scores,
+    routers,
+)
 
 
 @routers.register("topk")
 class TopKRouter(Router):
     """Top-k experts by softmax (or sigmoid) score, with load-balancing and z-loss."""
 
-    class Params(PluginParams):
-        score: Literal["softmax", "sigmoid"] = Field(
-            "softmax", description="score function over the router logits"
-        )
-        renormalize: bool = Field(False, description="renormalise the k combine weights to sum 1")
-        aux_loss_coef: float = Field(0.01, ge=0, description="Switch/GShard load-balancing loss weight")
-        z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (ST-MoE)")
+    class Params(StandardRoutingParams):
         jitter: float = Field(
             0.0, ge=0, lt=1, description="training-only multiplicative input noise U[1-j, 1+j] (Switch)"
         )
@@ -40,12 +39,4 @@ class TopKRouter(Router):
         logits = self.gate(x).float()
         scores = router_scores(logits, p.score)
         experts = scores.topk(self.ctx.top_k, dim=-1).indices
-        return standard_routing(
-            logits,
-            scores,
-            experts,
-            score=p.score,
-            renormalize=p.renormalize,
-            aux_loss_coef=p.aux_loss_coef,
-            z_loss_coef=p.z_loss_coef,
-        )
+        return finish_routing(logits, scores, experts, p)

@@ -1,0 +1,501 @@
+"""`moelight bench ep`: expert-parallel training steps timed over an (emulated) interconnect.
+
+P gloo processes train the same recipe, seed and batches under each configuration (one model,
+optimizer and batch stream per configuration on every rank), steps interleaved round-robin with
+the order rotated each round. The expert-parallel all2all runs on its own gloo group bound to
+127.0.0.2, which `moelight.bench.netns` shapes inside a private network namespace; everything
+else (DDP's dense all-reduce, bookkeeping) stays on unshaped 127.0.0.1.
+
+Per configuration and link: the step time (slowest rank per round), the time blocked inside the
+all2all calls (mean over ranks; it includes waiting for slower ranks) and the transfer time (per
+call, the rank that arrived last, i.e. the call's own time; summed over the step), counted rows,
+remote rows, bytes and devices per token, the bytes the collectives carried, and the projection
+of `moelight bench comm`'s model from the counted rows and the link (predicted vs measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from moelight.bench import netns
+from moelight.bench.comm import Interconnect, grouplocal_bytes_per_layer, link_time_ms
+from moelight.bench.link import (
+    PRESETS,
+    PUBLISHED_SHARES,
+    REFERENCES,
+    EmulatedLink,
+    calibrate,
+    custom_link,
+    expert_gemm_flops,
+)
+from moelight.bench.timing import interleaved, paired_speedups, quantile, summarize
+from moelight.dispatch import ExpertParallelContext
+from moelight.parallel.all_to_all import COMM
+from moelight.recipe import Recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILE = ROOT / "recipes" / "profiles" / "quickstart-topk"
+COUNTERS = ("tokens", "rows", "remote_rows", "bytes", "device_visits")
+BASELINE = "topk / per-expert"
+
+
+class Candidate:
+    """One configuration's model, optimizer and batch stream on this rank."""
+
+    def __init__(self, recipe: Recipe, groups, ep: ExpertParallelContext, batches: list):
+        from moelight.model.build import build_model
+        from moelight.parallel.grad_sync import expert_parameters
+        from moelight.training.optim import build_optimizer
+
+        torch.manual_seed(recipe.seed)  # the same initial model for every configuration
+        model = build_model(recipe, ep)
+        self.experts = list(expert_parameters(model).values())
+        self.expert_ids = {id(p) for p in self.experts}
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, list(expert_parameters(model))
+        )
+        self.model = model
+        self.ddp = DistributedDataParallel(model)
+        self.optimizer = build_optimizer(model, recipe.optim, recipe.trainer.max_steps)["optimizer"]
+        self.grad_clip = recipe.optim.grad_clip
+        self.groups = groups
+        self.batches = batches
+        self.i = 0
+
+    def step(self) -> None:
+        from moelight.parallel.grad_sync import clip_by_global_norm, reduce_expert_grads
+
+        x, y = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        logits = self.ddp(x)
+        loss = (
+            F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1)) + self.model.aux_loss()
+        )
+        loss.backward()
+        g = self.groups
+        reduce_expert_grads(self.experts, g.edp_group, g.edp_size, g.world_size)
+        if self.grad_clip:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            clip_by_global_norm(params, self.expert_ids, self.grad_clip, g.ep.group)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def reset_counters(self) -> None:
+        for layer in self.model.moe_layers:
+            layer.dispatcher.stats.reset()
+
+    def counters(self) -> dict[str, int]:
+        out = dict.fromkeys(COUNTERS, 0)
+        for layer in self.model.moe_layers:
+            for key in COUNTERS:
+                out[key] += getattr(layer.dispatcher.stats, key)
+        return out
+
+
+def batches_for_rank(recipe: Recipe, world: int, rank: int, count: int) -> list:
+    """This rank's share of the recipe's first `count` global batches (the training order)."""
+    from moelight.data.datamodule import MoEDataModule
+
+    data = MoEDataModule(recipe.data, seed=recipe.seed)
+    sampler = iter(data.train_sampler(world, rank))
+    out = []
+    for _ in range(count):
+        items = [data.train_dataset[next(sampler)] for _ in range(recipe.data.batch_size)]
+        out.append((torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])))
+    return out
+
+
+CONFIG_KEYS = ("per-expert", "grouplocal", "c2r-profile", "c2r-placement", "overlap")
+
+
+def configurations(
+    procs: int, num_experts: int, top_t: int, keys: tuple[str, ...] = CONFIG_KEYS
+) -> dict[str, list[str]]:
+    """Label -> recipe overrides (on top of the recipe and `dispatcher.name=grouplocal`)."""
+    per_device = num_experts // procs
+    placement = ["router.name=c2r", "router.collaborators=placement", f"router.top_t={per_device - 1}"]
+    profile = [
+        "router.name=c2r",
+        "router.collaborators=profile",
+        f"router.top_t={top_t}",
+        f"profile.path={PROFILE}",
+        f"parallel.placement={PROFILE / f'placement-{procs}.json'}",
+    ]
+    blocking = ["dispatcher.overlap=false"]
+    table = {
+        "per-expert": (BASELINE, ["dispatcher.rows=per_expert", *blocking]),
+        "grouplocal": ("topk / grouplocal", ["dispatcher.rows=per_device", *blocking]),
+        "c2r-profile": (
+            "c2r profile+placement / grouplocal",
+            [*profile, "dispatcher.rows=per_device", *blocking],
+        ),
+        "c2r-placement": (
+            "c2r placement / grouplocal",
+            [*placement, "dispatcher.rows=per_device", *blocking],
+        ),
+        "overlap": ("c2r placement / grouplocal+overlap", [*placement, "dispatcher.rows=per_device"]),
+    }
+    return dict(table[k] for k in CONFIG_KEYS if k in keys or k == "per-expert")
+
+
+@dataclass
+class Args:
+    recipe: str
+    overrides: list[str]
+    procs: int
+    steps: int
+    warmup: int
+    threads: int
+    links: list[str]  # preset names, "none", or "custom"
+    custom: tuple[float, float] | None  # (bytes/s per rank, latency s)
+    reference: str = "llama-moe"
+    top_t: int = 1
+    configs: tuple[str, ...] = CONFIG_KEYS
+    burst: int = 2000
+    json_path: str | None = None
+
+
+def _shaped_group(store, rank: int, world: int):
+    """A gloo process group whose sockets use SHAPED_ADDR (the shaped class of the namespace)."""
+    from torch.distributed import ProcessGroupGloo
+
+    opts = ProcessGroupGloo._Options()
+    opts._devices = [ProcessGroupGloo.create_device(hostname=netns.SHAPED_ADDR)]
+    opts._timeout = timedelta(minutes=10)
+    return ProcessGroupGloo(dist.PrefixStore("ep-shaped", store), rank, world, opts)
+
+
+def _gather(values: list[float]) -> torch.Tensor:
+    """[ranks, n] of every rank's values."""
+    t = torch.tensor(values, dtype=torch.float64)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return torch.stack(out)
+
+
+def _call_overhead_ms(group, world: int, calls: int = 40) -> float:
+    """Median ms of a tiny all_to_all on `group` (unshaped, no latency, ranks in step): what gloo
+    and the shared CPU add to every call on top of the emulated latency."""
+    from moelight.parallel.all_to_all import all_to_all_counts
+
+    counts = torch.ones(world, dtype=torch.long)
+    times = []
+    for _ in range(calls):
+        dist.barrier()
+        t0 = time.perf_counter()
+        all_to_all_counts(counts, group)
+        times.append((time.perf_counter() - t0) * 1e3)
+    COMM.reset()
+    return float(_gather([statistics.median(times)]).max())
+
+
+def _links(args: Args, cpu_flops: float, run_layer_flops: float) -> list[EmulatedLink]:
+    ref = REFERENCES[args.reference]
+    out = []
+    for name in args.links:
+        if name == "none":
+            out.append(EmulatedLink("none", cpu_flops / 1e9, 0.0, 0.0, 0.0, 0.0, "loopback, unshaped"))
+        elif name == "custom":
+            out.append(custom_link(*args.custom))
+        else:
+            out.append(calibrate(PRESETS[name], cpu_flops, run_layer_flops, ref))
+    return out
+
+
+def worker(rank: int, port: int, args: Args, out_file: str) -> None:
+    torch.set_num_threads(args.threads)
+    world = args.procs
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timedelta(minutes=10))
+    dist.init_process_group(
+        "gloo",
+        store=dist.PrefixStore("default", store),
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(minutes=10),
+    )
+    from moelight.parallel.groups import build_groups
+
+    groups = build_groups(world, "cpu")
+    ep = ExpertParallelContext(rank=groups.ep.rank, size=world, group=_shaped_group(store, rank, world))
+    base = load_recipe(args.recipe, args.overrides)
+    m = base.model
+    tokens = base.data.batch_size * base.data.seq_len
+
+    # Calibration: every rank at once (they share the cores, as in the run), the run's threads.
+    dist.barrier()
+    flops = float("nan")  # only presets are calibrated
+    if any(name in PRESETS for name in args.links):
+        flops = expert_gemm_flops(
+            m.hidden_size, m.expert_ffn_hidden_size, tokens * m.top_k, m.num_experts // world
+        )
+    all_flops = _gather([flops])[:, 0].tolist()
+    cpu_flops = statistics.median(all_flops)
+    run_layer_flops = tokens * m.top_k * 6.0 * m.hidden_size * m.expert_ffn_hidden_size
+    links = _links(args, cpu_flops, run_layer_flops)
+
+    batches = batches_for_rank(base, world, rank, args.warmup + args.steps)
+    configs = configurations(world, m.num_experts, args.top_t, args.configs)
+    candidates = {
+        name: Candidate(load_recipe(args.recipe, args.overrides + extra), groups, ep, batches)
+        for name, extra in configs.items()
+    }
+    # Every all2all starts with all ranks present (a barrier on the unshaped group first): the
+    # time inside a call is then the exchange's own; waiting for slower ranks is counted apart.
+    COMM.sync_group = dist.group.WORLD
+    overhead = _call_overhead_ms(ep.group, world)
+    results: dict[str, Any] = {
+        "links": {},
+        "cpu_gflops_per_rank": [f / 1e9 for f in all_flops],
+        "call_overhead_ms": overhead,
+    }
+    for link in links:
+        if rank == 0 and netns.in_namespace():
+            if link.rate_per_rank:
+                netns.shape(link.rate_per_rank * world, args.burst)
+            else:
+                netns.unshape()
+        dist.barrier()
+        COMM.latency_s = link.latency_s
+        for c in candidates.values():  # warm-up (also re-fills the token bucket), then count
+            c.i = 0
+            for _ in range(args.warmup):
+                c.step()
+            c.reset_counters()
+        log: dict[str, list[tuple[float, int, list[float]]]] = {name: [] for name in candidates}
+
+        def timed(name: str, log=log):
+            def run() -> None:
+                COMM.reset()
+                candidates[name].step()
+                log[name].append((COMM.seconds, COMM.bytes, list(COMM.per_call), COMM.skew_seconds))
+
+            return run
+
+        times = interleaved(
+            {name: timed(name) for name in candidates},
+            repeats=args.steps,
+            warmup=0,
+            device=torch.device("cpu"),
+            before=lambda name: dist.barrier(),
+        )
+        per_config = {}
+        for name, c in candidates.items():
+            counts = torch.tensor([c.counters()[k] for k in COUNTERS], dtype=torch.float64)
+            dist.all_reduce(counts)
+            step_ms = _gather(times[name]).max(0).values.tolist()
+            blocked = _gather([e[0] * 1e3 for e in log[name]])
+            sent = _gather([e[1] for e in log[name]])
+            skew = _gather([e[3] * 1e3 for e in log[name]])
+            calls = [len(e[2]) for e in log[name]]
+            per_config[name] = {
+                "counters": dict(zip(COUNTERS, counts.tolist())),
+                "step_ms": step_ms,
+                "all2all_ms": blocked.mean(0).tolist(),
+                "all2all_ms_per_rank": blocked.tolist(),
+                "skew_ms": skew.mean(0).tolist(),
+                "bytes_per_rank_step": sent.mean(0).tolist(),
+                "calls_per_step": calls[0] if calls else 0,
+            }
+        results["links"][link.name] = {"link": link.as_dict(), "configs": per_config}
+    if rank == 0:
+        Path(out_file).write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: Args) -> dict[str, Any]:
+    """Spawn the ranks (in this process's network namespace) and assemble the report."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    base = load_recipe(args.recipe, args.overrides)
+    if base.model.num_experts % args.procs:
+        from moelight.errors import MoelightError
+
+        raise MoelightError(f"--procs {args.procs} must divide model.num_experts ({base.model.num_experts})")
+    if any(link != "none" for link in args.links):
+        netns.setup_loopback()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "results.json")
+        start = time.perf_counter()
+        mp.spawn(worker, args=(_free_port(), args, out), nprocs=args.procs)
+        raw = json.loads(Path(out).read_text())
+    return assemble(args, base, raw, time.perf_counter() - start)
+
+
+def predicted_ms(
+    recipe: Recipe,
+    counters: dict,
+    steps: int,
+    procs: int,
+    calls: int,
+    slots: int,
+    link: EmulatedLink,
+    overhead_ms: float,
+) -> tuple[float, float | None]:
+    """`moelight bench comm`'s model on the counted rows: (bytes per rank and step, ms or None).
+
+    The link's latency per call is the emulated one plus gloo's measured per-call overhead on
+    this machine (`overhead_ms`), which the emulation cannot remove."""
+    from moelight.model.build import layer_contexts
+
+    m = recipe.model
+    layers = len(layer_contexts(recipe))
+    remote_per_layer = counters["remote_rows"] / (steps * procs * layers)
+    elem = 4 if recipe.trainer.precision in ("32-true", "32") else 2
+    bytes_step = layers * grouplocal_bytes_per_layer(remote_per_layer, m.hidden_size, elem, slots, procs)
+    if not link.rate_per_rank:
+        return bytes_step, None
+    latency_us = link.latency_s * 1e6 + overhead_ms * 1e3
+    ic = Interconnect(link.name, link.rate_per_rank / 1e9, latency_us, link.note)
+    return bytes_step, link_time_ms(bytes_step, calls, ic)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str, Any]:
+    m = recipe.model
+    tables = {}
+    for link_name, entry in raw["links"].items():
+        link = EmulatedLink(**entry["link"])
+        configs = entry["configs"]
+        base_ms = configs[BASELINE]["step_ms"]
+        rows = []
+        for name, r in configs.items():
+            c = r["counters"]
+            tokens = c["tokens"]
+            ratios = paired_speedups(base_ms, r["step_ms"])
+            slots = 1 if name == BASELINE else m.top_k  # metadata slots per row (per-expert rows: 1)
+            counted_bytes, pred = predicted_ms(
+                recipe, c, args.steps, args.procs, r["calls_per_step"], slots, link, raw["call_overhead_ms"]
+            )
+            step = summarize(r["step_ms"]).as_dict()
+            blocked = _median(r["all2all_ms"])
+            rows.append(
+                {
+                    "config": name,
+                    "rows_per_token": c["rows"] / tokens,
+                    "remote_rows_per_token": c["remote_rows"] / tokens,
+                    "bytes_per_token": c["bytes"] / tokens,
+                    "devices_per_token": c["device_visits"] / tokens,
+                    "step": step,
+                    "all2all_ms": blocked,
+                    "all2all_q1_ms": quantile(r["all2all_ms"], 0.25),
+                    "all2all_q3_ms": quantile(r["all2all_ms"], 0.75),
+                    "skew_ms": _median(r["skew_ms"]),
+                    "all2all_share": blocked / step["median_ms"],
+                    "compute_ms": step["median_ms"] - blocked,
+                    "predicted_ms": pred,
+                    "predicted_over_measured": None if pred is None else pred / blocked,
+                    "measured_bytes_per_rank_step": statistics.fmean(r["bytes_per_rank_step"]),
+                    "counted_bytes_per_rank_step": counted_bytes,
+                    "calls_per_step": r["calls_per_step"],
+                    "speedup": statistics.median(ratios),
+                    "speedup_q1": quantile(ratios, 0.25),
+                    "speedup_q3": quantile(ratios, 0.75),
+                    "step_time_change": statistics.median(r["step_ms"]) / statistics.median(base_ms) - 1,
+                    "raw": r,
+                }
+            )
+        tables[link_name] = {"link": entry["link"], "description": link.describe(args.procs), "rows": rows}
+    ref = REFERENCES[args.reference]
+    return {
+        "kind": "ep",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.threads} torch thread(s) per rank",
+        "torch": torch.__version__,
+        "recipe": args.recipe,
+        "overrides": args.overrides,
+        "procs": args.procs,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "top_t": args.top_t,
+        "burst_bytes": args.burst,
+        "model": {
+            "layers": m.n_layers,
+            "hidden": m.hidden_size,
+            "ffn": m.expert_ffn_hidden_size,
+            "experts": m.num_experts,
+            "top_k": m.top_k,
+            "tokens_per_rank_per_step": recipe.data.batch_size * recipe.data.seq_len,
+        },
+        "reference": {
+            "name": ref.name,
+            "flops_per_row_byte": ref.flops_per_row_byte(),
+            "run_flops_per_row_byte": 6.0 * m.expert_ffn_hidden_size / 4,
+        },
+        "cpu_gflops_per_rank": raw["cpu_gflops_per_rank"],
+        "call_overhead_ms": raw["call_overhead_ms"],
+        "published_shares": PUBLISHED_SHARES,
+        "seconds": seconds,
+        "links": tables,
+    }
+
+
+def print_report(result: dict[str, Any]) -> None:
+    m = result["model"]
+    ref = result["reference"]
+    print(
+        f"{result['machine']}; {result['procs']} gloo processes; recipe {result['recipe']}: {m['layers']} layers, "
+        f"hidden {m['hidden']}, {m['experts']} experts of FFN {m['ffn']}, top-{m['top_k']}, "
+        f"{m['tokens_per_rank_per_step']} tokens/rank/step; {result['steps']} timed steps per config "
+        f"after {result['warmup']} warm-up"
+    )
+    print(
+        f"expert FLOPs per row-byte: run {ref['run_flops_per_row_byte']:.0f} (fp32) vs "
+        f"{ref['name']} {ref['flops_per_row_byte']:.0f}"
+    )
+    print("CPU GFLOP/s per rank (expert GEMMs, all ranks at once): "
+          + ", ".join(f"{g:.1f}" for g in result["cpu_gflops_per_rank"])
+          + f"; gloo overhead per all2all call: {result['call_overhead_ms']:.2f} ms")  # fmt: skip
+    for table in result["links"].values():
+        print(f"\n== link {table['description']}")
+        header = (
+            f"{'config':<36}{'rows/tok':>9}{'remote':>8}{'B/tok':>8}{'dev/tok':>8}{'step ms':>9}{'IQR':>7}"
+            f"{'a2a ms':>8}{'share':>7}{'skew ms':>8}{'pred ms':>8}{'pred/m':>7}{'B meas/cnt':>11}"
+            f"{'speed-up [q1,q3]':>20}"
+        )
+        print(header)
+        print("-" * len(header))
+        for r in table["rows"]:
+            s = r["step"]
+            pred = "-" if r["predicted_ms"] is None else f"{r['predicted_ms']:.0f}"
+            ratio = "-" if r["predicted_over_measured"] is None else f"{r['predicted_over_measured']:.2f}"
+            bytes_ratio = r["measured_bytes_per_rank_step"] / r["counted_bytes_per_rank_step"]
+            print(
+                f"{r['config']:<36}{r['rows_per_token']:>9.3f}{r['remote_rows_per_token']:>8.3f}"
+                f"{r['bytes_per_token']:>8.0f}{r['devices_per_token']:>8.3f}{s['median_ms']:>9.0f}"
+                f"{s['iqr_ms']:>7.0f}{r['all2all_ms']:>8.0f}{r['all2all_share']:>7.0%}{r['skew_ms']:>8.0f}"
+                f"{pred:>8}{ratio:>7}{bytes_ratio:>11.4f}"
+                f"{r['speedup']:>9.2f}x [{r['speedup_q1']:.2f},{r['speedup_q3']:.2f}]"
+            )
+        base = table["rows"][0]
+        print(
+            f"baseline all2all share of step time: {base['all2all_share']:.0%} "
+            f"(published: {result['published_shares']})"
+        )
+    print(f"({result['seconds']:.0f}s)")
