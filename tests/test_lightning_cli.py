@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -118,9 +119,12 @@ def test_expert_parallel_is_a_strategy_argument(run_env):
     )
     assert isinstance(c.trainer.strategy, ExpertParallelStrategy) and c.trainer.strategy.expert_parallel == 2
     assert c.recipe.parallel.expert_parallel == 2  # the model builds its local experts from it
+    # a strategy named on the command line still gets the recipe's collective timeout
+    assert c.trainer.strategy._timeout == timedelta(seconds=c.recipe.parallel.collective_timeout_s)
     # the recipe alias: parallel.expert_parallel picks the same strategy by default
-    c = cli(recipe_file=ROOT / "recipes" / "ep-cpu.yaml")
+    c = cli(recipe_file=ROOT / "recipes" / "ep-cpu.yaml", overrides=["parallel.collective_timeout_s=12"])
     assert isinstance(c.trainer.strategy, ExpertParallelStrategy) and c.trainer.strategy.expert_parallel == 2
+    assert c.trainer.strategy._timeout == timedelta(seconds=12)
     assert ExpertParallelStrategy(expert_parallel=4).expert_parallel == 4
 
 
@@ -136,6 +140,14 @@ def test_print_config_round_trips_through_config(run_env, tmp_path, capsys):
     path.write_text(yaml.safe_dump(config))
     c = cli("--config", str(path))
     assert c.recipe.model.n_layers == 1 and c.trainer.max_steps == 9
+
+
+def test_parsing_keeps_unset_recipe_fields_unset():
+    """An unset trainer.max_steps must not start capping trainer.max_epochs after parsing."""
+    recipe = load_recipe(None, ["trainer.max_epochs=2"])
+    assert "max_steps" not in MoelightCLI(recipe, [], build=False).recipe.trainer.model_fields_set
+    parsed = MoelightCLI(recipe, ["--trainer.max_steps=7"], build=False).recipe.trainer
+    assert "max_steps" in parsed.model_fields_set and parsed.max_steps == 7
 
 
 def test_help_shows_recipe_fields_with_descriptions_and_defaults(run_env, capsys):
