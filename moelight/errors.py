@@ -9,6 +9,12 @@ class MoelightError(Exception):
     exit_code = 2
 
 
+class TrainingStopped(MoelightError):
+    """Training cannot go on (it diverged, or storage failed mid-run): exit status 3."""
+
+    exit_code = 3
+
+
 class ConfigError(MoelightError):
     """A recipe value is invalid. `field` is the dotted path of the offending key."""
 

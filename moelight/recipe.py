@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moelight.errors import ConfigError, MoelightError, validation_message
 from moelight.registry import dispatchers, load_plugin_modules, routers
@@ -22,7 +22,8 @@ def moe_layer_indices(n_layers: int, moe_every: int) -> list[int]:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf/NaN are never meaningful recipe values (optim.lr=.inf trains straight to NaN).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -99,36 +100,70 @@ class OptimConfig(Section):
         0.0, ge=0, lt=1, description="> 0: warm up for ceil(ratio x total steps) instead of warmup_steps"
     )
     weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="clip the gradient norm (Lightning's trainer.gradient_clip_val); null = off"
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas[{i}] = {beta} must be in [0, 1) (AdamW)")
+        return betas
 
 
 class TrainerConfig(Section):
-    max_steps: int = Field(300, gt=0)
+    """The recipe's Trainer settings. Fields named like a Lightning Trainer argument ARE that
+    argument; `out_dir`, `progress_bar` and `logger` set Lightning's `default_root_dir`,
+    `enable_progress_bar` and default `logger`; every other Trainer argument is a `--trainer.*`
+    flag of `moelight fit` (see moelight/cli/lightning_cli.py)."""
+
+    max_steps: int = Field(300, gt=0, description="optimizer steps to train (the LR schedule spans them)")
     max_epochs: float | None = Field(
         None, gt=0, description="train for this many passes over the data (sets the steps; max_steps caps it)"
     )
-    accelerator: str = "auto"
-    devices: int | str = 1
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, ...")
+    devices: int | str | list[int] = Field(1, description="devices per node (Lightning)")
     num_nodes: int = Field(1, gt=0)
-    precision: str = Field("32-true", description="Lightning precision, e.g. 32-true, bf16-mixed")
+    precision: str | int = Field("32-true", description="Lightning precision, e.g. 32-true, bf16-mixed")
     accumulate_grad_batches: int = Field(1, gt=0)
     val_check_interval: int = Field(100, gt=0, description="validate every n training steps")
-    limit_val_batches: int = Field(20, gt=0)
+    limit_val_batches: int | float = Field(20, gt=0, description="validation batches (int) or fraction")
     log_every_n_steps: int = Field(10, gt=0)
-    out_dir: str = Field("runs/quickstart", description="checkpoints and logs go here")
-    logger: Literal["auto", "csv", "tensorboard", "both", "none"] = Field(
-        "auto", description="auto: CSV, plus TensorBoard when the tensorboard package is installed"
+    out_dir: str = Field(
+        "runs/quickstart", description="checkpoints and logs go here (Lightning's default_root_dir)"
     )
-    progress_bar: bool = True
-    checkpoint_every_n_steps: int = Field(100, gt=0)
+    logger: Literal["auto", "csv", "tensorboard", "both", "none"] = Field(
+        "auto",
+        description="built-in loggers under out_dir (the default of --trainer.logger): auto = CSV, "
+        "plus TensorBoard when the tensorboard package is installed",
+    )
+    progress_bar: bool = Field(True, description="rich progress bar (Lightning's enable_progress_bar)")
+    checkpoint_every_n_steps: int = Field(100, gt=0, description="save a checkpoint every n steps")
     compile: bool = False
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a non-finite loss or gradient norm: stop (exit 3), or skip that optimizer step"
+    )
+    max_nonfinite_skips: int = Field(3, gt=0, description="with on_nonfinite=skip: stop after n in a row")
+    check_routing_values: bool = Field(
+        True, description="check router outputs' values (id range, finite weights, duplicates) every step"
+    )
 
 
 class ParallelConfig(Section):
-    expert_parallel: int = Field(1, gt=0, description="P: experts are split over P ranks")
+    expert_parallel: int = Field(
+        1,
+        gt=0,
+        description="P: experts are split over P ranks; P > 1 makes the default strategy "
+        "expert_parallel (same as --trainer.strategy.expert_parallel P)",
+    )
     placement: str = Field("contiguous", description="'contiguous' or a placement file (.json/.npy)")
+    collective_timeout_s: float = Field(
+        300.0, gt=0, description="a rank waiting longer than this on the others stops the run"
+    )
 
 
 class ProfileConfig(Section):
@@ -250,6 +285,8 @@ def read_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     parent = data.pop("extends", None)
     if parent is None:
         return data
+    if not isinstance(parent, str):
+        raise MoelightError(f"{path}: extends: must name one recipe file, got {parent!r}")
     return merge(read_recipe_dict(path.parent / parent, _seen + (path,)), data)
 
 

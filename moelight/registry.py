@@ -54,6 +54,11 @@ def load_plugin_modules(names: list[str], field: str = "plugins") -> None:
                 importlib.import_module(name)
         except ModuleNotFoundError as exc:
             raise ConfigError(f"{field}.{i}", f"cannot import plugin module {name!r}: {exc}") from None
+        except SyntaxError as exc:
+            sys.modules.pop(f"moelight_user_plugin_{Path(name).stem}", None)
+            raise ConfigError(
+                f"{field}.{i}", f"plugin {name} has a syntax error: {exc.filename}:{exc.lineno}: {exc.msg}"
+            ) from None
 
 
 def file_module_name(path: Path) -> str:

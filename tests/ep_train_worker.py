@@ -19,7 +19,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from moelight.cli.fit import resolve_resume
 from moelight.data.datamodule import MoEDataModule
 from moelight.parallel.checkpoint import (
     expert_layout,
@@ -29,6 +28,7 @@ from moelight.parallel.checkpoint import (
 )
 from moelight.recipe import load_recipe
 from moelight.training.module import MoELanguageModel
+from moelight.training.run_dir import prepare_run
 from moelight.training.trainer import build_trainer
 
 
@@ -112,7 +112,7 @@ def main() -> None:
     trainer = build_trainer(recipe, callbacks=[Record(out, args.dump)])
     module = MoELanguageModel(recipe)
     datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(recipe, args.resume))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=prepare_run(recipe, args.resume))
     trainer.save_checkpoint(out / "final.ckpt")
 
 

@@ -69,7 +69,7 @@ def test_collaborator_file_with_wrong_expert_count(capsys, tiny, c2r_data):
 
 
 def test_resume_without_checkpoint_and_corrupt_checkpoint(capsys, tiny, tmp_path):
-    assert "no checkpoint" in errors_of(capsys, "fit", *tiny, "--resume", "last")
+    assert "no complete checkpoint" in errors_of(capsys, "fit", *tiny, "--resume", "last")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     assert "corrupt" in errors_of(capsys, "fit", *tiny, "--resume", str(bad))

@@ -163,12 +163,14 @@ def test_a_save_with_a_failing_rank_is_never_taken(tmp_path):
 
 
 def test_an_unmarked_checkpoint_directory_is_refused(tmp_path):
-    from moelight.cli.fit import resolve_resume
+    from moelight.training.run_dir import prepare_run
 
     recipe = load_recipe(RECIPE, [f"trainer.out_dir={tmp_path}"])
     (tmp_path / "checkpoints" / "last.ckpt").mkdir(parents=True)  # a save that never finished
+    with pytest.raises(MoelightError, match="no complete checkpoint"):
+        prepare_run(recipe, "last")
     with pytest.raises(MoelightError, match="incomplete"):
-        resolve_resume(recipe, "last")
+        prepare_run(recipe, str(tmp_path / "checkpoints" / "last.ckpt"))
 
 
 def test_strategy_is_registered_with_lightning():
@@ -209,11 +211,12 @@ def test_ep_cpu_recipe_runs_with_lightnings_launcher(root, p1):
     header = next((out / "logs").rglob("metrics.csv")).read_text().splitlines()[0]
     assert "dispatch/rows_per_token" in header and "dispatch/all2all_bytes_per_token" in header
     # `--resume last` finds the directory; without expert parallelism it is consolidated first.
-    from moelight.cli.fit import resolve_resume
+    from moelight.training.run_dir import prepare_run
 
-    assert resolve_resume(load_recipe(RECIPE, small), "last") == str(last)
-    single = load_recipe(RECIPE, small + ["trainer.devices=1", "parallel.expert_parallel=1"])
-    assert resolve_resume(single, "last") == str(last / "consolidated.ckpt")
+    longer = small + ["trainer.max_steps=4"]
+    assert prepare_run(load_recipe(RECIPE, longer), "last") == str(last)
+    single = load_recipe(RECIPE, longer + ["trainer.devices=1", "parallel.expert_parallel=1"])
+    assert prepare_run(single, "last") == str(last / "consolidated.ckpt")
 
 
 def placement_file(tmp_path: Path, groups: list[list[int]]) -> str:

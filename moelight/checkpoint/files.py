@@ -1,4 +1,5 @@
-"""Checkpoint files that are either complete or absent: write to a temporary name, then rename."""
+"""Checkpoint files that are either complete or absent: write to a temporary name beside the
+target (same filesystem, never $TMPDIR), fsync, then rename."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from moelight.checkpoint.storage import fsync_file, save_failed, tensor_bytes
 from moelight.errors import MoelightError
 
 
@@ -31,27 +34,39 @@ def publish(tmp: Path, path: Path) -> None:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        # Lightning's own atomic save stages the file in $TMPDIR (often small) and copies it over.
         path = Path(path)
         tmp = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        publish(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                fsync_file(f)
+            publish(tmp, path)
+        except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            raise save_failed(path, exc, tensor_bytes(checkpoint)) from None
+
+
+def checkpoint_corrupt(path: str | Path, reason: str) -> MoelightError:
+    return MoelightError(f"corrupt checkpoint {path}: {reason}; use another checkpoint")
 
 
 def check_checkpoint_file(path: str | Path) -> None:
-    """Refuse a missing or corrupt checkpoint before Lightning gets a traceback out of it."""
+    """Refuse a missing, corrupt or foreign checkpoint file before torch or Lightning reads it."""
     path = Path(path)
     if path.is_dir():
         return  # a sharded (distributed) checkpoint: its strategy checks it
     if not path.is_file():
         raise MoelightError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise MoelightError(
-            f"checkpoint {path} is corrupt or not a torch checkpoint (not a readable zip archive)"
-        )
+        raise checkpoint_corrupt(path, "not a torch checkpoint (not a readable zip archive)")
     try:
         with zipfile.ZipFile(path) as zf:
+            if not any(n.endswith("data.pkl") for n in zf.namelist()):
+                raise checkpoint_corrupt(path, "a zip archive, but not a torch checkpoint (no data.pkl)")
             bad = zf.testzip()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise MoelightError(f"checkpoint {path} is corrupt: {exc}") from None
+        raise checkpoint_corrupt(path, str(exc)) from None
     if bad is not None:
-        raise MoelightError(f"checkpoint {path} is corrupt: member {bad} fails its CRC check")
+        raise checkpoint_corrupt(path, f"member {bad} fails its CRC check")

@@ -299,6 +299,8 @@ def run_comm(argv: list[str]) -> int:
         devices = [int(p) for p in split_list(f.get("--devices", "2,4,8,16,32,64"))]
     except ValueError:
         raise MoelightError(f"--devices must be comma-separated integers, got {f['--devices']!r}") from None
+    if not devices or min(devices) < 1:
+        raise MoelightError(f"--devices: device counts must be at least 1, got {f.get('--devices')!r}")
     result = comm.project(
         source,
         setup,

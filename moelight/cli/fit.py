@@ -1,4 +1,7 @@
-"""`moelight fit [RECIPE] [overrides] [--resume last|PATH]`."""
+"""`moelight fit [RECIPE] [overrides] [--resume last|PATH] [--trainer.<Trainer argument> ...]`.
+
+Argument routing: fit_args.py; the LightningCLI over the recipe: lightning_cli.py.
+"""
 
 from __future__ import annotations
 
@@ -7,63 +10,24 @@ import time
 import warnings
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
-from moelight.checkpoint.files import check_checkpoint_file
-from moelight.cli.args import split_args
-from moelight.errors import MoelightError
+from moelight.checkpoint.storage import storage_errors
+from moelight.cli.fit_args import split_fit_args
+from moelight.cli.lightning_cli import MoelightCLI
+from moelight.model.build import build_model, count_parameters, flops_per_token, layer_contexts
+from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
-from moelight.training.trainer import build_trainer, checkpoint_dir
-
-HELP = """usage: moelight fit [RECIPE.yaml] [key.path=value | --key.path value ...] [--resume last|PATH]
-
-Train the model a recipe describes. Without a recipe, the embedded default (recipes/quickstart.yaml)
-is used. Overrides are parsed as YAML scalars, e.g. trainer.max_steps=50 --router.name c2r.
-  --resume last   continue from <trainer.out_dir>/checkpoints/last.ckpt (step count and data position)
-  --resume PATH   continue from a given checkpoint (a file, or an expert-parallel checkpoint directory,
-                  which resumes at any parallel.expert_parallel)
-  --overwrite     start afresh even though trainer.out_dir already holds checkpoints (they are
-                  replaced as the new run saves)
-  --print-recipe  print the validated recipe and exit
-"""
+from moelight.training.run_dir import prepare_run
+from moelight.training.signals import exit_code, stop_signal
+from moelight.training.trainer import checkpoint_dir
 
 console = Console()
 
 
-def resolve_resume(recipe: Recipe, resume: str | None) -> str | None:
-    if resume is None:
-        return None
-    if resume == "last":
-        candidates = [checkpoint_dir(recipe) / "last.ckpt", checkpoint_dir(recipe) / "last"]
-        found = next((c for c in candidates if c.exists()), None)
-        if found is None:
-            raise MoelightError(
-                f"--resume last: no checkpoint in {checkpoint_dir(recipe)} (train first, or set trainer.out_dir)"
-            )
-        resume = str(found)
-    if Path(resume).is_dir():
-        return resolve_sharded(recipe, Path(resume))
-    check_checkpoint_file(resume)
-    return resume
-
-
-def resolve_sharded(recipe: Recipe, path: Path) -> str:
-    """A sharded (expert-parallel) checkpoint directory: refuse it unless complete; without expert
-    parallelism, Lightning loads ordinary files, so gather the shards into one (once, kept beside them)."""
-    from moelight.parallel.checkpoint import check_sharded, consolidated_file
-
-    if recipe.parallel.expert_parallel > 1:
-        check_sharded(path)
-        return str(path)  # the expert_parallel strategy reads (and reshards) it
-    return str(consolidated_file(path))  # checks it too
-
-
 def report_model(recipe: Recipe) -> None:
-    from moelight.model.build import build_model, count_parameters, flops_per_token, layer_contexts
-
     contexts = layer_contexts(recipe)  # reads profile and placement files, so outside the meta block
     with torch.device("meta"):  # builds every plugin (validating it) without allocating weights
         model = build_model(recipe, contexts=contexts)
@@ -78,54 +42,52 @@ def report_model(recipe: Recipe) -> None:
 
 
 def run(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(HELP)
-        return 0
-    args = split_args(argv, value_flags=("--resume",), bool_flags=("--print-recipe", "--overwrite"))
+    args = split_fit_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
-    if args.flags.get("--print-recipe"):
-        print(recipe.to_yaml())
+    try:
+        cli = MoelightCLI(recipe, args.lightning, build=not args.print_recipe)
+    except SystemExit as exc:  # --help and --print_config print, then exit
+        return int(exc.code or 0)
+    if args.print_recipe:
+        print(cli.recipe.to_yaml())
         return 0
-    ckpt_path = resolve_resume(recipe, args.flags.get("--resume"))
-    if ckpt_path is None and not args.flags.get("--overwrite"):
-        refuse_to_overwrite(recipe)
-    return fit(recipe, ckpt_path)
+    # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
+    # it refuses a mismatching resume before anything in the run directory is written.
+    ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
+    return fit_cli(cli, ckpt_path)
 
 
-def refuse_to_overwrite(recipe: Recipe) -> None:
-    """A fresh run would replace an earlier run's checkpoints: make the user say which they mean."""
-    existing = checkpoint_dir(recipe)
-    if existing.is_dir() and any(existing.iterdir()):
-        raise MoelightError(
-            f"{existing} already holds checkpoints of an earlier run; continue it with --resume last, "
-            "start afresh over it with --overwrite, or set another trainer.out_dir"
-        )
+def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:
+    """Train `recipe` from Python (`trainer_args`: `--trainer.*` flags as on the command line)."""
+    return fit_cli(MoelightCLI(recipe, list(trainer_args or [])), ckpt_path)
 
 
-def fit(recipe: Recipe, ckpt_path: str | None = None) -> int:
-    from moelight.data.datamodule import MoEDataModule
-    from moelight.training.module import MoELanguageModel
-
+def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None) -> int:
+    recipe, trainer = cli.recipe, cli.trainer
     # An existing checkpoint directory is expected here: `run` already refused a silent overwrite.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
     report_model(recipe)
-    datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
-    module = MoELanguageModel(recipe)
-    trainer = build_trainer(recipe)
     Path(recipe.trainer.out_dir).mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        t = recipe.trainer
+        with (
+            storage_errors(t.out_dir),
+            peer_failures(trainer, t.out_dir, recipe.parallel.collective_timeout_s),
+        ):
+            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         pass  # Lightning's SystemExit(None) would exit 0; handled below
     wall = time.perf_counter() - start
-    if trainer.received_sigterm:
+    stopped_by = stop_signal(trainer)
+    if stopped_by is not None:
         # Schedulers must see a preemption as a failure so that they requeue the job.
-        console.print(f"[yellow]stopped by SIGTERM at step {trainer.global_step}; last.ckpt is saved[/]")
-        return 143
+        console.print(
+            f"[yellow]stopped by {stopped_by.name} at step {trainer.global_step}; last.ckpt is saved[/]"
+        )
+        return exit_code(stopped_by)
     if trainer.is_global_zero:
         val = trainer.callback_metrics.get("val/loss")
         val_text = f"val loss {float(val):.4f}, " if val is not None else ""

@@ -76,6 +76,8 @@ def run(argv: list[str]) -> int:
     out = args.flags.get("--out")
     if not out:
         raise MoelightError("moelight profile needs --out DIR")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise MoelightError(f"--out {out} is a file; moelight profile writes a directory of results there")
     max_tokens = None
     if "--max-tokens" in args.flags:
         try:

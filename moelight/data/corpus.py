@@ -140,6 +140,8 @@ def iter_jsonl(path: Path, field: str) -> Iterator[tuple[int, Any, int]]:
                 record = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ConfigError(field, f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except UnicodeDecodeError as exc:
+                raise ConfigError(field, f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from None
             yield lineno, record, len(raw)
 
 

@@ -65,6 +65,8 @@ def build_model(
             shared,
             gate,
         )
+    for layer in moe_layers.values():
+        layer.check_routing_values = recipe.trainer.check_routing_values
     return MoETransformer(cfg, moe_layers)
 
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from moelight.checkpoint.files import check_checkpoint_file, checkpoint_corrupt
 from moelight.errors import MoelightError
 from moelight.moe.experts import ExpertWeights
 from moelight.parallel.checkpoint import consolidated_file
@@ -34,7 +35,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
-        raise MoelightError(f"{path}: not a readable safetensors file: {exc}") from None
+        raise checkpoint_corrupt(path, f"not a readable safetensors file ({exc})") from None
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -56,10 +57,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if p.suffix == ".safetensors":
         return _load_safetensors(p), None
     if p.suffix in (".ckpt", ".pt", ".pth"):
+        check_checkpoint_file(p)
         try:
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # zip/pickle errors come in many types
-            raise MoelightError(f"{p}: cannot read the checkpoint: {exc}") from None
+        except Exception:  # torch's own text would advise unsafe loading (weights_only=False)
+            raise checkpoint_corrupt(p, "not a readable torch checkpoint") from None
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
             raise MoelightError(f"{p}: not a Lightning checkpoint (no state_dict)")
         state = {k[len(CKPT_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(CKPT_PREFIX)}

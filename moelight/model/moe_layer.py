@@ -9,6 +9,7 @@ from moelight.moe.dispatch import Dispatcher
 from moelight.moe.experts import ExpertWeights
 from moelight.moe.layer_context import LayerContext
 from moelight.moe.routing import Router, Routing
+from moelight.moe.routing_contract import check_routing
 
 
 class MoELayer(nn.Module):
@@ -30,11 +31,14 @@ class MoELayer(nn.Module):
         self.shared_expert_gate = shared_expert_gate
         self.aux_losses: dict[str, torch.Tensor] = {}
         self.last_routing: Routing | None = None  # detached, for metrics and profiling
+        self.check_routing_values = True  # the recipe's trainer.check_routing_values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         routing = self.router(flat)
+        if self.training:  # a plugin's bad output fails here, naming it, not deep in a dispatcher
+            check_routing(routing, flat.shape[0], self.ctx, self.router, self.check_routing_values)
         y = self.dispatcher(flat, routing)
         if self.shared_expert is not None:
             shared = self.shared_expert(flat)

@@ -22,7 +22,8 @@ A single-process `.ckpt` file loads the same way (its experts are 0..E-1 in orde
 
 A save writes into `.<name>.partial` and is renamed into place by rank 0 only after every rank
 has written (DCP's save ends with a gather) and the marker is down: a directory at the real name
-without COMPLETE is never loaded.
+without COMPLETE is never loaded. A failed save removes its `.partial` directory and raises
+`TrainingStopped` naming the path, the bytes needed and the bytes free.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from moelight.checkpoint.files import publish
+from moelight.checkpoint.files import checkpoint_corrupt, publish
+from moelight.checkpoint.storage import save_failed, tensor_bytes
 from moelight.errors import MoelightError
 from moelight.moe.experts import named_expert_parameters
+from moelight.parallel.liveness import mentions_peer_failure
 
 FORMAT_VERSION = 1
 META_FILE = "meta.pt"
@@ -242,13 +245,24 @@ def save_sharded(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    dcp.save(tensors, checkpoint_id=tmp)  # raises on every rank if any rank fails to write
-    if _rank() == 0:
-        torch.save(meta, tmp / META_FILE)
-        (tmp / MARKER_FILE).write_text(
-            json.dumps({"format": FORMAT_VERSION, "step": checkpoint.get("global_step")})
-        )
-        publish(tmp, path)
+    try:
+        dcp.save(tensors, checkpoint_id=tmp)  # raises on every rank if any rank fails to write
+        if _rank() == 0:
+            torch.save(meta, tmp / META_FILE)
+            (tmp / MARKER_FILE).write_text(
+                json.dumps({"format": FORMAT_VERSION, "step": checkpoint.get("global_step")})
+            )
+            publish(tmp, path)
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a disk filled by a failed save
+        if mentions_peer_failure(str(exc)):  # a rank was lost mid-save, not a storage problem
+            raise RuntimeError(
+                f"a collective failed while saving {path}: connection closed by peer"
+            ) from None
+        raise save_failed(path, exc, tensor_bytes(tensors)) from None
     _barrier()
 
 
@@ -318,7 +332,13 @@ def read_tensors(path: str | Path, keys: list[str] | None = None) -> dict[str, t
         out[key] = torch.empty(md.size, dtype=md.properties.dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
-        dcp.load(out, checkpoint_id=path, no_dist=True)
+        try:
+            dcp.load(out, checkpoint_id=path, no_dist=True)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a truncated or damaged shard (DCP's CheckpointException)
+            reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            raise checkpoint_corrupt(path, f"a shard cannot be read ({reason})") from None
     return out
 
 

@@ -9,20 +9,33 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from moelight.errors import ConfigError
 from moelight.model.build import build_model
 from moelight.model.init_from import load_init_weights
 from moelight.moe.dispatch import ExpertParallelContext
-from moelight.recipe import Recipe
+from moelight.recipe import Recipe, validate_recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
 from moelight.training.optim import build_optimizer
 from moelight.training.router_hooks import after_optimizer_step, begin_router_step, router_scalars
 
 
+def check_vocab(recipe: Recipe, tokenizer_vocab: int) -> None:
+    """Token ids at or above model.vocab_size would index past the embedding table."""
+    if recipe.model.vocab_size < tokenizer_vocab:
+        raise ConfigError(
+            "model.vocab_size",
+            f"{recipe.model.vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer_vocab}); "
+            f"set model.vocab_size >= {tokenizer_vocab}",
+        )
+
+
 class MoELanguageModel(L.LightningModule):
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe | dict):
+        """`recipe`: a Recipe, or its dict form (what checkpoints store, so that
+        `MoELanguageModel.load_from_checkpoint(path)` rebuilds the model)."""
         super().__init__()
-        self.recipe = recipe
-        self.save_hyperparameters({"recipe": recipe.model_dump(mode="json")})
+        self.recipe = recipe if isinstance(recipe, Recipe) else validate_recipe(recipe)
+        self.save_hyperparameters({"recipe": self.recipe.model_dump(mode="json")})
         self.model = None
         self.val_loss = MeanMetric()
         self._t_last: float | None = None
@@ -35,6 +48,11 @@ class MoELanguageModel(L.LightningModule):
         self.model = build_model(self.recipe, ep or ExpertParallelContext())
         if self.recipe.model.init_from:
             load_init_weights(self.model, self.recipe.model.init_from)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "vocab_size"):
+            check_vocab(self.recipe, datamodule.vocab_size)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -82,5 +100,6 @@ class MoELanguageModel(L.LightningModule):
         self.log("val/ppl", torch.exp(loss.clamp(max=20)))
 
     def configure_optimizers(self):
-        # The Trainer's max_steps: trainer.max_epochs resolves it once the data is loaded (EpochBudget).
-        return build_optimizer(self.model, self.recipe.optim, self.trainer.max_steps)
+        # The steps this Trainer will take: its max_steps, which trainer.max_epochs (EpochBudget)
+        # has resolved from the loaded data by now.
+        return build_optimizer(self.model, self.recipe.optim, self.trainer.estimated_stepping_batches)

@@ -1,0 +1,212 @@
+"""`moelight fit` as a LightningCLI: every Trainer argument, with the recipe as the defaults.
+
+One parser holds
+- `trainer.*`: every `lightning.pytorch.Trainer` argument (strategies, callbacks, loggers, plugins,
+  profilers the Lightning way), plus the recipe-only `trainer.checkpoint_every_n_steps` and
+  `trainer.compile`;
+- the recipe sections (`model.*`, `router`, `dispatcher`, `data.*`, `optim.*`, `parallel.*`,
+  `profile.*`, `seed`, `plugins`), shown by `--help` with their descriptions.
+The loaded recipe provides every default, so `--help` and `--print_config` show what would run
+and `--config` files apply on top of it. After parsing, the recipe is rebuilt from the parsed
+values and validated by pydantic again (router/dispatcher by their plugin's Params).
+
+Each setting lives in one place: a recipe field that is a Trainer argument IS that argument
+(`max_steps`, `devices`, `precision`, ...); `trainer.out_dir`, `trainer.progress_bar` and
+`optim.grad_clip` are Lightning's `default_root_dir`, `enable_progress_bar` and
+`gradient_clip_val`; `trainer.logger` (a keyword) is the default of Lightning's `logger`;
+`parallel.expert_parallel` is the default strategy's `expert_parallel`, and a strategy given on the
+command line decides it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from argparse import ArgumentError, RawDescriptionHelpFormatter
+from datetime import timedelta
+from typing import Any
+
+import lightning as L
+from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from moelight.cli.parse_errors import parser_error_line, trainer_errors
+from moelight.data.datamodule import MoEDataModule
+from moelight.errors import MoelightError
+from moelight.parallel.strategy import ExpertParallelStrategy
+from moelight.recipe import Recipe, validate_recipe
+from moelight.training.module import MoELanguageModel, check_vocab
+from moelight.training.trainer import (
+    ALIASES,
+    SAME_NAMED,
+    check_expert_parallel,
+    logger_specs,
+    moelight_callbacks,
+    strategy_spec,
+    trainer_arguments,
+    with_atomic_io,
+)
+
+DESCRIPTION = """Train the model a recipe describes: moelight fit [RECIPE.yaml] [a.b=value | --a.b value ...]
+[--resume last|PATH] [--overwrite] [--print-recipe] [--trainer.<Trainer argument> value ...]
+Without a recipe, the embedded default (recipes/quickstart.yaml) is used. Recipe overrides are YAML
+scalars (trainer.max_steps=50, --router.name c2r); the defaults below are the recipe's values.
+  --resume last   continue from the newest complete checkpoint in <trainer.out_dir>/checkpoints
+                  (step count and data position); model, router and optim must match its recipe
+  --resume PATH   continue from a given checkpoint (a file, or an expert-parallel checkpoint directory,
+                  which resumes at any expert-parallel size)
+  --overwrite     start afresh although trainer.out_dir holds an earlier run: its checkpoints and
+                  recipe.yaml are moved to <trainer.out_dir>/replaced/<UTC time>/ (nothing is deleted)
+  --print-recipe  print the validated recipe and exit
+Precedence: recipe file < recipe overrides < --config files (what --print_config prints) < --trainer.* flags."""
+
+# Recipe fields that are not parser arguments of their own: they are a Trainer argument's.
+ALIASED = {recipe_field for recipe_field in ALIASES.values()} | {("parallel", "expert_parallel")}
+TRAINER_ONLY_RECIPE = ("checkpoint_every_n_steps", "compile")
+SECTIONS = ("model", "data", "optim", "parallel", "profile")
+WHOLE = ("router", "dispatcher", "seed", "plugins")
+
+
+class HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description's line breaks kept."""
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class MoelightCLI(LightningCLI):
+    """Parses Lightning's arguments over a loaded recipe; `build=False` stops after the recipe."""
+
+    def __init__(self, recipe: Recipe, args: list[str], build: bool = True):
+        self.recipe = recipe
+        self.build = build
+        self.model: L.LightningModule | None = None
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        super().__init__(
+            save_config_callback=None,  # the run directory gets recipe.yaml instead
+            parser_kwargs={
+                "prog": "moelight fit",
+                "description": DESCRIPTION,
+                "formatter_class": HelpFormatter,
+                "exit_on_error": False,
+            },
+            args=args,
+            run=False,  # `moelight fit` is the subcommand
+            auto_configure_optimizers=False,  # the module's own AdamW + schedule
+            load_from_checkpoint_support=False,  # checkpoints store the recipe (see module.py)
+        )
+
+    # ---- parser -------------------------------------------------------------------------------
+
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        pass  # no --seed_everything: the recipe's `seed` is the seed
+
+    def _set_seed(self) -> None:
+        pass  # seeded with the recipe's seed in instantiate_classes
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        recipe = self.recipe
+        defaults = {f"trainer.{k}": v for k, v in trainer_arguments(recipe).items()}
+        loggers = [{"class_path": class_path(c), "init_args": kw} for c, kw in logger_specs(recipe)]
+        defaults["trainer.logger"] = loggers or False
+        spec = strategy_spec(recipe)
+        strategy = (
+            spec if isinstance(spec, str) else {"class_path": class_path(spec[0]), "init_args": spec[1]}
+        )
+        defaults["trainer.strategy"] = strategy
+        for name in TRAINER_ONLY_RECIPE:
+            field = type(recipe.trainer).model_fields[name]
+            parser.add_argument(f"--trainer.{name}", type=field.annotation, help=field.description)
+            defaults[f"trainer.{name}"] = getattr(recipe.trainer, name)
+        for section in SECTIONS:
+            group = parser.add_argument_group(f"recipe: {section}")
+            model = getattr(recipe, section)
+            for name, field in type(model).model_fields.items():
+                if (section, name) in ALIASED:
+                    continue
+                group.add_argument(f"--{section}.{name}", type=field.annotation, help=field.description)
+                defaults[f"{section}.{name}"] = getattr(model, name)
+        group = parser.add_argument_group("recipe: plugins and seed")
+        for name in WHOLE:
+            field = Recipe.model_fields[name]
+            help_ = (
+                f"{name} section of the recipe; e.g. --{name}.name NAME"
+                if name in ("router", "dispatcher")
+                else None
+            )
+            group.add_argument(f"--{name}", type=field.annotation, help=help_)
+            defaults[name] = getattr(recipe, name)
+        parser.set_defaults(defaults)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise MoelightError(parser_error_line(str(err))) from None
+
+    # ---- recipe and classes -------------------------------------------------------------------
+
+    def recipe_from_config(self) -> Recipe:
+        """The recipe with every value as parsed (a --config or --trainer.* flag may change it)."""
+        cfg = self.config
+        full = self.recipe.model_dump(mode="json")
+        # Only changed values are written, so a field the recipe left unset stays unset (an unset
+        # trainer.max_steps does not cap trainer.max_epochs).
+        data = self.recipe.model_dump(mode="json", exclude_unset=True)
+
+        def put(section: str | None, name: str, value: Any) -> None:
+            if value != (full[section][name] if section else full[name]):
+                (data.setdefault(section, {}) if section else data)[name] = value
+
+        for section in SECTIONS:
+            for name in full[section]:
+                if (section, name) not in ALIASED:
+                    put(section, name, cfg[f"{section}.{name}"])
+        for name in WHOLE:
+            put(None, name, cfg[name])
+        for name in SAME_NAMED + TRAINER_ONLY_RECIPE:
+            put("trainer", name, cfg[f"trainer.{name}"])
+        for arg, (section, name) in ALIASES.items():
+            put(section, name, cfg[f"trainer.{arg}"])
+        return validate_recipe(data)
+
+    def instantiate_classes(self) -> None:
+        self.recipe = self.recipe_from_config()
+        if not self.build:
+            return
+        with trainer_errors():
+            # `instantiate` since jsonargparse 4.49 (instantiate_classes is deprecated there).
+            instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
+            self.config_init = instantiate(self.config)
+            kwargs = {k: v for k, v in self.config_init["trainer"].items() if k not in TRAINER_ONLY_RECIPE}
+            has_loggers = kwargs["logger"] not in (None, False, [])
+            checkpointing = kwargs["enable_checkpointing"] is not False
+            own = moelight_callbacks(self.recipe, kwargs["enable_progress_bar"], has_loggers, checkpointing)
+            user = kwargs["callbacks"] or []
+            kwargs["callbacks"] = own + (user if isinstance(user, list) else [user])
+            kwargs["plugins"] = with_atomic_io(
+                kwargs["plugins"] if isinstance(kwargs["plugins"], list | None) else [kwargs["plugins"]]
+            )
+            self.trainer = self.trainer_class(**kwargs)
+        self.recipe = self.with_strategy_expert_parallel(self.recipe)
+        check_expert_parallel(self.recipe)
+
+        L.seed_everything(self.recipe.seed, workers=True, verbose=False)
+        self.datamodule = MoEDataModule(self.recipe.data, seed=self.recipe.seed)
+        check_vocab(self.recipe, self.datamodule.vocab_size)
+        self.model = MoELanguageModel(self.recipe)
+
+    def with_strategy_expert_parallel(self, recipe: Recipe) -> Recipe:
+        """The strategy decides the expert-parallel size; the recipe records it (models read it)."""
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ExpertParallelStrategy) and strategy._timeout == default_pg_timeout:
+            # a strategy named on the command line gets the recipe's collective timeout too
+            strategy._timeout = timedelta(seconds=recipe.parallel.collective_timeout_s)
+        size = strategy.expert_parallel if isinstance(strategy, ExpertParallelStrategy) else 1
+        if size == recipe.parallel.expert_parallel:
+            return recipe
+        data: dict[str, Any] = recipe.model_dump(mode="json", exclude_unset=True)
+        data.setdefault("parallel", {})["expert_parallel"] = size
+        return validate_recipe(data)

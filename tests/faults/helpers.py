@@ -1,0 +1,55 @@
+"""Helpers of the fault-injection suite: subprocess runs of `moelight fit` and waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+FAULTS = Path(__file__).parent
+ROOT = FAULTS.parents[1]
+FAULTY = FAULTS / "faulty_router.py"
+
+
+def start_fit(*args: str, env: dict, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "moelight", "fit", *args]
+    fh = open(log, "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**env, "COLUMNS": "200"})
+
+
+def run_fit(*args: str, env: dict, log: Path, timeout: float = 300) -> int:
+    proc = start_fit(*args, env=env, log=log)
+    return proc.wait(timeout=timeout)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def rank_pid(out: Path, rank: int) -> int:
+    return json.loads((out / ".ranks" / f"{rank}.json").read_text())["pid"]
+
+
+def step_of(ckpt: Path) -> int:
+    if ckpt.is_dir():
+        return json.loads((ckpt / "COMPLETE").read_text())["step"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+
+
+def tail(log: Path, n: int = 3000) -> str:
+    return log.read_bytes()[-n:].decode(errors="replace")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
