@@ -11,9 +11,12 @@ runs. After each kill every visible checkpoint must load (nothing torn); a kill 
 Runs are forked from this process after one warm-up run in it, so a run costs its training steps,
 not Python, Lightning and data start-up (about 0.1 s a step instead of ~10 s). The warm-up leaves a
 single thread (OMP_NUM_THREADS=1), so forking after it is safe. Two workers fork chains at once
-(2 cores). Two references: an uninterrupted forked run, and one in a fresh `python -m moelight fit`
-process, so state that only a forked child inherits cannot make the chains agree by accident.
-Writes {"chains": [...], "forked_equals_fresh": bool, "timing": {...}}.
+(2 cores), each first timing a probe run (stopped cleanly half-way, then resumed) under that same
+load to spread its kill moments over start-up, training steps, saves and the end. References: one
+uninterrupted run in a fresh `python -m moelight fit` process, which the chains, an uninterrupted
+forked run and the probes must all equal, so state that only a forked child inherits cannot make
+them agree by accident.
+Writes {"chains": [...], "references_equal_fresh": {...}, "timing": {...}}.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
@@ -41,11 +45,21 @@ from moelight.cli.main import main  # noqa: E402
 WORKERS = 2
 
 
+def newest_step_file(run: Path) -> int:
+    """The highest N of the visible `stepNNNNNN.ckpt` files (published, so complete), 0 if none."""
+    try:
+        names = os.listdir(run / "checkpoints")
+    except FileNotFoundError:
+        return 0
+    return max((int(n[4:10]) for n in names if n.startswith("step") and n.endswith(".ckpt")), default=0)
+
+
 def fork_fit(
-    argv: list[str], log: Path, kill_after: float | None = None, watch: Path | None = None
+    argv: list[str], log: Path, run: Path, after_step: int = 0, delay: float | None = None
 ) -> tuple[int, bool, float | None]:
-    """(exit code, killed?, seconds until `watch` appeared) of `moelight fit argv` in a forked child,
-    SIGKILLed `kill_after` seconds after the fork."""
+    """Run `moelight fit argv` in a forked child; start a clock at the fork (`after_step` 0) or when
+    the checkpoint of step `after_step` appears, and SIGKILL the child `delay` seconds later (never
+    if None). Returns (exit code, killed?, seconds from the fork until the clock started)."""
     pid = os.fork()
     if pid == 0:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -63,18 +77,18 @@ def fork_fit(
         sys.stdout.flush()
         os._exit(code)
     start = time.monotonic()
-    deadline = None if kill_after is None else start + kill_after
-    appeared = None
+    clock = start if after_step == 0 else None
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status), False, appeared
-        if deadline is not None and time.monotonic() >= deadline:
+            return os.waitstatus_to_exitcode(status), False, clock and clock - start
+        now = time.monotonic()
+        if clock is None and newest_step_file(run) >= after_step:
+            clock = now
+        if clock is not None and delay is not None and now >= clock + delay:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return -9, True, appeared
-        if watch is not None and appeared is None and watch.exists():
-            appeared = time.monotonic() - start
+            return -9, True, clock - start
         time.sleep(0.001)
 
 
@@ -90,30 +104,64 @@ def saved_steps(run: Path) -> tuple[dict[str, int], list[str]]:
     return steps, torn
 
 
-def run_chain(base: list[str], run: Path, rng: random.Random, kills: int, est: tuple[float, float, int]):
-    """Kill `kills` runs of one chain at random moments, then resume to the end; returns its record."""
-    startup_s, step_s, steps = est
-    args = [*base, f"trainer.out_dir={run}"]
-    log = run.with_suffix(".log")
+def partials(run: Path) -> set[tuple[str, int]]:
+    """The `.partial` files of a run's checkpoints (name, mtime): a save in progress or killed."""
+    return {(p.name, p.stat().st_mtime_ns) for p in run.glob("checkpoints/.*.partial*")}
+
+
+class Timing(NamedTuple):
+    """Measured by a worker's probe: seconds from the fork to the first new checkpoint (start-up and
+    one step) of a fresh and of a resumed run, and of one more step."""
+
+    fresh_first_s: float
+    resume_first_s: float
+    step_s: float
+
+
+def probe(base: list[str], run: Path, steps: int) -> Timing:
+    """A run stopped cleanly at half the steps, then resumed to the end, timed under the load the
+    chains will see; its final state is also compared with the reference."""
+    half = steps // 2
+    args, log = [*base, f"trainer.out_dir={run}"], run.with_suffix(".log")
+    t = time.monotonic()
+    code, _, first_s = fork_fit([*args, f"trainer.max_steps={half}"], log, run, after_step=1)
+    fresh_s = time.monotonic() - t
+    assert code == 0 and first_s is not None, log.read_text()[-3000:]
+    step_s = (fresh_s - first_s) / (half - 1)
+    code, _, resumed_s = fork_fit([*args, "--resume", "last"], log, run, after_step=half + 1)
+    assert code == 0 and resumed_s is not None, log.read_text()[-3000:]
+    return Timing(first_s, resumed_s, step_s)
+
+
+def run_chain(base: list[str], run: Path, rng: random.Random, kills: int, timing: Timing, steps: int) -> dict:
+    """Kill up to `kills` runs of one chain, then resume it to the end; returns its record. Each kill
+    lands in start-up or the first step (clock from the fork), or within the step after one of the
+    next 2 checkpoints (clock from its appearance): a save, a step, or after the last save."""
+    args, log = [*base, f"trainer.out_dir={run}"], run.with_suffix(".log")
     events = []
     for _ in range(kills):
         saved, _ = saved_steps(run)
         start = max(saved.values(), default=0)
-        # The kill lands anywhere from start-up to the expected end of this run.
-        delay = rng.uniform(0.0, startup_s + (steps - start) * step_s)
-        code, killed, _ = fork_fit([*args, "--resume", "last"] if saved else args, log, kill_after=delay)
-        after, torn = saved_steps(run)
-        mid_save = any(run.glob("checkpoints/.*.partial*"))
+        if start >= steps:
+            break
+        after = rng.randint(start, min(steps, start + 2))
+        first = timing.resume_first_s if start else timing.fresh_first_s
+        delay = rng.uniform(0.0, first if after == start else timing.step_s)
+        before = partials(run)
+        argv = [*args, "--resume", "last"] if saved else args
+        code, killed, _ = fork_fit(argv, log, run, after_step=0 if after == start else after, delay=delay)
+        now, torn = saved_steps(run)
         events.append(
-            {"from_step": start, "delay_s": round(delay, 3), "killed": killed, "code": code}
-            | {"mid_save": mid_save, "torn": torn, "saved_after": max(after.values(), default=0)}
+            {"from_step": start, "after_step": after, "delay_s": round(delay, 3), "killed": killed}
+            | {"code": code, "mid_save": bool(partials(run) - before), "torn": torn}
+            | {"saved_after": max(now.values(), default=0)}
         )
         if not killed:
             break
     saved, _ = saved_steps(run)
     final_from = max(saved.values(), default=0)
     mark = log.stat().st_size if log.exists() else 0
-    final, _, _ = fork_fit([*args, "--resume", "last"] if saved else args, log)
+    final, _, _ = fork_fit([*args, "--resume", "last"] if saved else args, log, run)
     said = " ".join(log.read_bytes()[mark:].decode(errors="replace").split())
     # Killed after its last save, the chain is complete: the resume must say so (exit 2).
     done = final == 0 or (final_from == steps and final == 2 and "nothing to train" in said)
@@ -126,22 +174,37 @@ def run_chain(base: list[str], run: Path, rng: random.Random, kills: int, est: t
     }
 
 
-def worker(w: int, a: argparse.Namespace, base: list[str], est: tuple[float, float, int]) -> None:
-    """Chains until this worker's share of landed kills; results to worker<w>.json."""
+def worker(w: int, a: argparse.Namespace, base: list[str]) -> None:
+    """A probe, then chains until this worker's share of landed kills; results to worker<w>.json."""
     work = Path(a.work)
+    timing = probe(base, work / f"w{w}probe", a.steps)
     target = a.kills // WORKERS + (w < a.kills % WORKERS)
     rng = random.Random(a.seed * 1000 + w)
     chains, landed = [], 0
     while landed < target and len(chains) < 4 * target:
-        chain = run_chain(base, work / f"w{w}chain{len(chains)}", rng, min(a.per_chain, target - landed), est)
+        kills = min(a.per_chain, target - landed)
+        chain = run_chain(base, work / f"w{w}chain{len(chains)}", rng, kills, timing, a.steps)
         landed += sum(e["killed"] for e in chain["events"])
         chains.append(chain)
-    (work / f"worker{w}.json").write_text(json.dumps(chains))
+    record = {"chains": chains, "probe": f"w{w}probe", "timing": timing._asdict()}
+    (work / f"worker{w}.json").write_text(json.dumps(record))
 
 
-def final_state(run: Path) -> dict:
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return {"step": ckpt["global_step"], "state": ckpt["state_dict"], "optim": ckpt["optimizer_states"]}
+def final_states(run: Path) -> list[dict]:
+    """Every checkpoint of the newest step: what `--resume last` may pick. A kill between the step
+    file's and last.ckpt's saves leaves last.ckpt a step behind, which is not the run's end."""
+    saved, _ = saved_steps(run)
+    newest = max(saved.values())
+    states = []
+    for name, step in saved.items():
+        if step == newest:
+            ckpt = torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=True)
+            states.append({"step": step, "state": ckpt["state_dict"], "optim": ckpt["optimizer_states"]})
+    return states
+
+
+def matches(run: Path, ref: dict) -> bool:
+    return all(same_state(s, ref) for s in final_states(run))
 
 
 def same_state(got: dict, ref: dict) -> bool:
@@ -166,7 +229,7 @@ def main_() -> None:
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--per-chain", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
     a = parser.parse_args()
     work = Path(a.work)
     base = [x for x in TINY if not x.startswith(("trainer.max_steps", "trainer.checkpoint_every"))]
@@ -193,20 +256,15 @@ def main_() -> None:
     warmup_s = time.monotonic() - t0
     # A timed uninterrupted forked run: the reference, and the kill-delay scale.
     t1 = time.monotonic()
-    first = work / "forked" / "checkpoints" / "step000001.ckpt"
-    code, _, first_s = fork_fit(
-        [*base, f"trainer.out_dir={work / 'forked'}"], work / "forked.log", watch=first
-    )
+    code, _, _ = fork_fit([*base, f"trainer.out_dir={work / 'forked'}"], work / "forked.log", work / "forked")
     forked_s = time.monotonic() - t1
-    assert code == 0 and first_s is not None, (work / "forked.log").read_text()[-3000:]
-    step_s = (forked_s - first_s) / (a.steps - 1)
-    est = (first_s - step_s, step_s, a.steps)  # start-up, one step (with its saves), steps
+    assert code == 0, (work / "forked.log").read_text()[-3000:]
     pids = []
     for w in range(WORKERS):
         pid = os.fork()
         if pid == 0:
             try:
-                worker(w, a, base, est)
+                worker(w, a, base)
                 os._exit(0)
             except BaseException:
                 import traceback
@@ -218,17 +276,22 @@ def main_() -> None:
     assert codes == [0] * WORKERS, f"kill workers exited {codes}"
     chains_s = time.monotonic() - t1 - forked_s
     assert fresh.wait(timeout=600) == 0, (work / "fresh.log").read_text()[-3000:]
-    ref = final_state(work / "fresh")
-    chains = [c for w in range(WORKERS) for c in json.loads((work / f"worker{w}.json").read_text())]
+    ref = final_states(work / "fresh")[0]
+    workers = [json.loads((work / f"worker{w}.json").read_text()) for w in range(WORKERS)]
+    chains = [c for rec in workers for c in rec["chains"]]
     for c in chains:
         try:
-            c["equal"] = c["done"] and same_state(final_state(work / c["run"]), ref)
+            c["equal"] = c["done"] and matches(work / c["run"], ref)
         except Exception as exc:  # a missing or unreadable checkpoint is a failed chain
             c["equal"], c["error"] = False, repr(exc)[:300]
+    # Uninterrupted references besides the fresh process: a forked run, and each clean stop + resume.
+    others = ["fresh", "forked", *(rec["probe"] for rec in workers)]
     summary = {
+        "steps": a.steps,
         "chains": chains,
-        "forked_equals_fresh": same_state(final_state(work / "forked"), ref),
-        "timing": {"warmup_s": warmup_s, "forked_run_s": forked_s, "chains_s": chains_s},
+        "references_equal_fresh": {r: matches(work / r, ref) for r in others},
+        "timing": {"warmup_s": warmup_s, "forked_run_s": forked_s, "chains_s": chains_s}
+        | {f"worker{w}": rec["timing"] for w, rec in enumerate(workers)},
     }
     Path(a.out).write_text(json.dumps(summary, indent=1))
 

@@ -30,25 +30,29 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(t
     chains = result["chains"]
     events = [e for c in chains for e in c["events"]]
     kills = [e for e in events if e["killed"]]
-    mid_run = [e for e in kills if e["saved_after"] > e["from_step"] or e["from_step"] > 0]
+    before_any = [e for e in kills if e["saved_after"] == 0]
+    in_resume_startup = [e for e in kills if 0 < e["from_step"] == e["saved_after"]]
+    after_training = [e for e in kills if e["saved_after"] > e["from_step"]]
     mid_save = [e for e in kills if e["mid_save"]]
-    resumed_mid_run = [e for e in events if 0 < e["from_step"]] + [
-        c for c in chains if 0 < c["final_from_step"]
+    mid_run = result["steps"]
+    resumed_mid_run = [e for e in events if 0 < e["from_step"] < mid_run] + [
+        c for c in chains if 0 < c["final_from_step"] < mid_run
     ]
     print(
-        f"\n{len(chains)} chains, {len(kills)} SIGKILLs ({len(mid_run)} after a checkpoint of the chain, "
-        f"{len(mid_save)} mid-save, {len(kills) - len(mid_run)} during start-up before any save), "
-        f"{len(events) - len(kills)} runs finished before their kill; {len(resumed_mid_run)} resumes "
-        f"from a mid-run checkpoint; timing {result['timing']}"
+        f"\n{len(chains)} chains, {len(kills)} SIGKILLs: {len(before_any)} before the chain's first checkpoint, "
+        f"{len(in_resume_startup)} in a resume's start-up, {len(after_training)} after the run trained and "
+        f"saved a step; {len(mid_save)} of them mid-save. {len(events) - len(kills)} runs finished before "
+        f"their kill. {len(resumed_mid_run)} resumes from a mid-run checkpoint. Timing: {result['timing']}"
     )
-    assert result["forked_equals_fresh"], "a forked uninterrupted run differs from a fresh-process one"
+    refs = result["references_equal_fresh"]
+    assert all(refs.values()), f"uninterrupted runs differ from the fresh-process one: {refs}"
     assert KILLS >= 30 and len(kills) >= KILLS
     torn = [e for e in events if e["torn"]]
     assert not torn, f"torn checkpoints after a kill: {torn[:3]}"
     failed = [c for c in chains if not c["equal"]]
     assert not failed, failed[:3]
-    assert len(mid_run) >= KILLS // 2, "most kills should land after the chain's first checkpoint"
     assert mid_save, "no kill landed mid-save"
+    assert len(after_training) >= KILLS // 4, "too few kills landed after a run trained"
     assert len(resumed_mid_run) >= KILLS // 2, (
         f"only {len(resumed_mid_run)} resumes from a mid-run checkpoint"
     )
