@@ -43,6 +43,7 @@ from conftest import TINY  # noqa: E402
 from moelight.cli.main import main  # noqa: E402
 
 WORKERS = 2
+HUNG_S = 120  # a run that takes this long (they take about a second) is hung: killed, a failure
 
 
 def newest_step_file(run: Path) -> int:
@@ -89,6 +90,10 @@ def fork_fit(
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return -9, True, clock - start
+        if now > start + HUNG_S:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise RuntimeError(f"fit {argv} hung for {HUNG_S} s; see {log}")
         time.sleep(0.001)
 
 
@@ -254,7 +259,7 @@ def main_() -> None:
         assert main(["fit", *base, f"trainer.out_dir={work / 'warmup'}"]) == 0
     torch.set_num_threads(1)
     warmup_s = time.monotonic() - t0
-    # A timed uninterrupted forked run: the reference, and the kill-delay scale.
+    # An uninterrupted forked run: a reference that shares the chains' warmed-up parent.
     t1 = time.monotonic()
     code, _, _ = fork_fit([*base, f"trainer.out_dir={work / 'forked'}"], work / "forked.log", work / "forked")
     forked_s = time.monotonic() - t1
