@@ -33,6 +33,7 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
@@ -43,6 +44,7 @@ from conftest import TINY  # noqa: E402
 from moelight.cli.main import main  # noqa: E402
 
 WORKERS = 2
+SAVE_S = 0.01  # a kill up to this long after a save began lands in it (or just after)
 HUNG_S = 120  # a run that takes this long (they take about a second) is hung: killed, a failure
 
 
@@ -56,11 +58,11 @@ def newest_step_file(run: Path) -> int:
 
 
 def fork_fit(
-    argv: list[str], log: Path, run: Path, after_step: int = 0, delay: float | None = None
+    argv: list[str], log: Path, clock_from: Callable[[], bool] | None = None, delay: float | None = None
 ) -> tuple[int, bool, float | None]:
-    """Run `moelight fit argv` in a forked child; start a clock at the fork (`after_step` 0) or when
-    the checkpoint of step `after_step` appears, and SIGKILL the child `delay` seconds later (never
-    if None). Returns (exit code, killed?, seconds from the fork until the clock started)."""
+    """Run `moelight fit argv` in a forked child; start a clock at the fork (`clock_from` None) or
+    when `clock_from()` first holds, and SIGKILL the child `delay` seconds later (never if None).
+    Returns (exit code, killed?, seconds from the fork until the clock started)."""
     pid = os.fork()
     if pid == 0:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -78,13 +80,13 @@ def fork_fit(
         sys.stdout.flush()
         os._exit(code)
     start = time.monotonic()
-    clock = start if after_step == 0 else None
+    clock = start if clock_from is None else None
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status), False, clock and clock - start
         now = time.monotonic()
-        if clock is None and newest_step_file(run) >= after_step:
+        if clock is None and clock_from():
             clock = now
         if clock is not None and delay is not None and now >= clock + delay:
             os.kill(pid, signal.SIGKILL)
@@ -111,7 +113,22 @@ def saved_steps(run: Path) -> tuple[dict[str, int], list[str]]:
 
 def partials(run: Path) -> set[tuple[str, int]]:
     """The `.partial` files of a run's checkpoints (name, mtime): a save in progress or killed."""
-    return {(p.name, p.stat().st_mtime_ns) for p in run.glob("checkpoints/.*.partial*")}
+    found = set()
+    for p in run.glob("checkpoints/.*.partial*"):
+        with contextlib.suppress(FileNotFoundError):  # published meanwhile
+            found.add((p.name, p.stat().st_mtime_ns))
+    return found
+
+
+def saved(run: Path, step: int) -> Callable[[], bool]:
+    """Holds once the checkpoint of `step` (or a later one) is published."""
+    return lambda: newest_step_file(run) >= step
+
+
+def saving(run: Path, step: int) -> Callable[[], bool]:
+    """Holds once a save of step `step - 1` or later has begun (a new `.partial` file)."""
+    old = partials(run)
+    return lambda: newest_step_file(run) >= step - 1 and bool(partials(run) - old)
 
 
 class Timing(NamedTuple):
@@ -129,44 +146,54 @@ def probe(base: list[str], run: Path, steps: int) -> Timing:
     half = steps // 2
     args, log = [*base, f"trainer.out_dir={run}"], run.with_suffix(".log")
     t = time.monotonic()
-    code, _, first_s = fork_fit([*args, f"trainer.max_steps={half}"], log, run, after_step=1)
+    code, _, first_s = fork_fit([*args, f"trainer.max_steps={half}"], log, saved(run, 1))
     fresh_s = time.monotonic() - t
     assert code == 0 and first_s is not None, log.read_text()[-3000:]
     step_s = (fresh_s - first_s) / (half - 1)
-    code, _, resumed_s = fork_fit([*args, "--resume", "last"], log, run, after_step=half + 1)
+    code, _, resumed_s = fork_fit([*args, "--resume", "last"], log, saved(run, half + 1))
     assert code == 0 and resumed_s is not None, log.read_text()[-3000:]
     return Timing(first_s, resumed_s, step_s)
 
 
 def run_chain(base: list[str], run: Path, rng: random.Random, kills: int, timing: Timing, steps: int) -> dict:
     """Kill up to `kills` runs of one chain, then resume it to the end; returns its record. Each kill
-    lands in start-up or the first step (clock from the fork), or within the step after one of the
-    next 2 checkpoints (clock from its appearance): a save, a step, or after the last save."""
+    lands in start-up or the first step (clock from the fork), within the step after one of the
+    next 2 checkpoints is published (a step, a save, or after the last save), or within 10 ms of the
+    start of a save (mostly mid-save)."""
     args, log = [*base, f"trainer.out_dir={run}"], run.with_suffix(".log")
     events = []
     for _ in range(kills):
-        saved, _ = saved_steps(run)
-        start = max(saved.values(), default=0)
+        saved_now, _ = saved_steps(run)
+        start = max(saved_now.values(), default=0)
         if start >= steps:
             break
-        after = rng.randint(start, min(steps, start + 2))
+        # Where the clock starts: the fork (start-up or first step), the publication of one of the
+        # next 2 checkpoints (a step, a save, or after the last save), or the start of such a save.
+        # A fresh run is killed in start-up more often: before any checkpoint exists.
+        kind = rng.choice(["fork", "fork" if start == 0 else "saved", "saved", "saving"])
+        after = rng.randint(start + 1, min(steps, start + 2))
         first = timing.resume_first_s if start else timing.fresh_first_s
-        delay = rng.uniform(0.0, first if after == start else timing.step_s)
+        clock, delay = {
+            "fork": (None, rng.uniform(0.0, first)),
+            "saved": (saved(run, after), rng.uniform(0.0, timing.step_s)),
+            "saving": (saving(run, after), rng.uniform(0.0, SAVE_S)),
+        }[kind]
         before = partials(run)
-        argv = [*args, "--resume", "last"] if saved else args
-        code, killed, _ = fork_fit(argv, log, run, after_step=0 if after == start else after, delay=delay)
+        argv = [*args, "--resume", "last"] if saved_now else args
+        code, killed, _ = fork_fit(argv, log, clock, delay)
         now, torn = saved_steps(run)
         events.append(
-            {"from_step": start, "after_step": after, "delay_s": round(delay, 3), "killed": killed}
+            {"from_step": start, "clock": kind, "after_step": after, "delay_s": round(delay, 3)}
+            | {"killed": killed}
             | {"code": code, "mid_save": bool(partials(run) - before), "torn": torn}
             | {"saved_after": max(now.values(), default=0)}
         )
         if not killed:
             break
-    saved, _ = saved_steps(run)
-    final_from = max(saved.values(), default=0)
+    saved_now, _ = saved_steps(run)
+    final_from = max(saved_now.values(), default=0)
     mark = log.stat().st_size if log.exists() else 0
-    final, _, _ = fork_fit([*args, "--resume", "last"] if saved else args, log, run)
+    final, _, _ = fork_fit([*args, "--resume", "last"] if saved_now else args, log)
     said = " ".join(log.read_bytes()[mark:].decode(errors="replace").split())
     # Killed after its last save, the chain is complete: the resume must say so (exit 2).
     done = final == 0 or (final_from == steps and final == 2 and "nothing to train" in said)
@@ -261,7 +288,7 @@ def main_() -> None:
     warmup_s = time.monotonic() - t0
     # An uninterrupted forked run: a reference that shares the chains' warmed-up parent.
     t1 = time.monotonic()
-    code, _, _ = fork_fit([*base, f"trainer.out_dir={work / 'forked'}"], work / "forked.log", work / "forked")
+    code, _, _ = fork_fit([*base, f"trainer.out_dir={work / 'forked'}"], work / "forked.log")
     forked_s = time.monotonic() - t1
     assert code == 0, (work / "forked.log").read_text()[-3000:]
     pids = []
