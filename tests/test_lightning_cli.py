@@ -202,7 +202,7 @@ def test_lr_schedule_follows_the_trainer(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_plain_lightning_script_trains_saves_and_reloads(run_env, tmp_path):
-    script = ROOT / "examples" / "plain_lightning.py"
+    script = ROOT / "examples" / "lightning" / "plain_lightning.py"
     assert len(script.read_text().splitlines()) < 30
     small = [o for o in TINY if o.startswith(("model.", "data."))]
     proc = subprocess.run(

@@ -1,6 +1,6 @@
 """moelight's model and data under your own Lightning Trainer: train, save, reload, same logits.
 
-python examples/plain_lightning.py OUT.ckpt [a.b=value ...]   (recipe overrides, as for `moelight fit`)
+python examples/lightning/plain_lightning.py OUT.ckpt [a.b=value ...]   (recipe overrides, as for `moelight fit`)
 """
 
 import sys
