@@ -15,7 +15,7 @@ from moelight.kernels.permute import gather_rows
 from moelight.kernels.row_plan import row_plan
 from moelight.kernels.token_slots import token_slots
 from moelight.moe.dispatch import Dispatcher, DispatchStats, ExpertParallelContext
-from moelight.moe.expert_bias import register_expert_bias, update_expert_bias
+from moelight.moe.expert_bias import record_expert_load, register_expert_bias, update_expert_bias
 from moelight.moe.experts import ExpertWeights
 from moelight.moe.gate_network import GateNetwork, GateNoise, build_gate
 from moelight.moe.layer_context import LayerContext
@@ -75,6 +75,7 @@ __all__ = [
     "is_collaborator_list",
     "launch_all_to_all",
     "load_balancing_loss",
+    "record_expert_load",
     "register_expert_bias",
     "router_scores",
     "routers",

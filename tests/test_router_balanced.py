@@ -150,6 +150,7 @@ def test_bias_update_moves_toward_underloaded_experts():
     router = build(method="bias", bias_update_rate=0.1).train()
     x = torch.randn(T, D)
     out = router(x)
+    router.after_optimizer_step()
     load = torch.tensor([float((out.experts == e).sum()) for e in range(E)])
     mean = T * K / E
     for e in range(E):
@@ -176,8 +177,9 @@ def test_bias_balances_a_skewed_router_over_steps():
         return float(load.max() / load.mean())
 
     start = imbalance()
-    for _ in range(60):
+    for _ in range(60):  # one training forward per optimizer step
         router(x)
+        router.after_optimizer_step()
     assert start > 2.5
     assert imbalance() < 1.2
 
@@ -195,6 +197,7 @@ def test_bias_update_uses_all_reduced_load(monkeypatch):
 
     monkeypatch.setattr(expert_bias.dist, "all_reduce", fake_all_reduce)
     router(torch.randn(T, D))
+    router.after_optimizer_step()
     assert router.expert_bias[5].item() == -1.0
     assert (router.expert_bias[torch.arange(E) != 5] == 1.0).all()
 

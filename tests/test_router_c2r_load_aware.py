@@ -91,8 +91,9 @@ def test_bias_lowers_load_cv_against_plain_c2r(collaborators, top_t):
     aware = build(collaborators, top_t, bias_update_rate=0.005)
     assert torch.equal(plain.gate.weight, aware.gate.weight)
     aware.train()
-    for _ in range(80):
+    for _ in range(80):  # one training forward per optimizer step
         aware(x)
+        aware.after_optimizer_step()
     cv_plain, cv_aware = load_cv(plain(x).experts), load_cv(aware.eval()(x).experts)
     # T = 1 couples each top-1 expert to one fixed partner, which caps what the bias can even out.
     assert cv_aware < 0.6 * cv_plain, (cv_plain, cv_aware)

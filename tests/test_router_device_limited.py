@@ -126,8 +126,9 @@ def test_bias_updates_balance_a_skewed_load():
     router, x = skewed_router(max_groups=1, bias_update_rate=0.005)
     router.train()
     before = load_cv(router(x).experts)
-    for _ in range(80):
+    for _ in range(80):  # one training forward per optimizer step
         router(x)
+        router.after_optimizer_step()
     after = load_cv(router.eval()(x).experts)
     assert router.expert_bias[:4].mean() < 0 < router.expert_bias[4:].mean()  # overloaded group pushed down
     assert after < 0.5 * before, (before, after)

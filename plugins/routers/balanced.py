@@ -9,8 +9,8 @@
   `load_membership: noise` make it LLaMA-MoE v1's gate exactly (what `moelight convert import`
   writes for a `llama_moe` checkpoint).
 - `method: bias` — auxiliary-loss-free balancing (DeepSeek-V3): a per-expert bias, added to the
-  scores for selection only, nudged after every training forward by
-  `bias_update_rate * sign(mean_load - load_e)`.
+  scores for selection only, nudged after every optimizer step by
+  `bias_update_rate * sign(mean_load - load_e)` over that step's load.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from moelight.api import (
     cv_balance_loss,
     expert_counts,
     finish_routing,
+    record_expert_load,
     register_expert_bias,
     router_scores,
     routers,
@@ -146,8 +147,12 @@ class BalancedRouter(Router):
         scores = router_scores(logits, p.score)
         # The bias steers selection only; the weights come from the unbiased scores.
         experts = (scores.detach() + self.expert_bias).topk(k, dim=-1).indices
-        if self.training and p.bias_update_rate:
-            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
+        if self.training:
+            record_expert_load(self, experts)
         routing = finish_routing(logits, scores, experts, p)
         routing.weights = routing.weights * p.score_scale
         return routing
+
+    def after_optimizer_step(self) -> None:
+        if self.params.method == "bias":
+            update_expert_bias(self, self.params.bias_update_rate)

@@ -38,6 +38,7 @@ from moelight.api import (
     expert_counts,
     finish_routing,
     is_collaborator_list,
+    record_expert_load,
     register_expert_bias,
     router_scores,
     routers,
@@ -213,7 +214,7 @@ class C2RRouter(Router):
         ranked_values, ranked = cand_values.topk(min(k, cand.shape[1]), dim=-1)
         experts = torch.cat([top1, cand.gather(1, ranked[:, : k - 1])], dim=1)
         if self.training and p.bias_update_rate:
-            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
+            record_expert_load(self, experts)
         routing = finish_routing(clean, scores, experts, p)
         if p.balance_loss_coef:
             if noisy_training and k < self.ctx.num_experts:
@@ -235,6 +236,10 @@ class C2RRouter(Router):
             )
         routing.weights = routing.weights * p.score_scale
         return routing
+
+    def after_optimizer_step(self) -> None:
+        if self.params.bias_update_rate:
+            update_expert_bias(self, self.params.bias_update_rate)
 
     def _bar(
         self, top_values: torch.Tensor, logits: torch.Tensor, top1: torch.Tensor, k: int

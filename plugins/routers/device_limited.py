@@ -27,6 +27,7 @@ from moelight.api import (
     Routing,
     StandardRoutingParams,
     finish_routing,
+    record_expert_load,
     register_expert_bias,
     router_scores,
     routers,
@@ -136,8 +137,12 @@ class DeviceLimitedRouter(Router):
             selection = selection + self.expert_bias
         experts = self.select(selection)
         if self.training and p.bias_update_rate:
-            update_expert_bias(self.expert_bias, experts, p.bias_update_rate)
+            record_expert_load(self, experts)
         routing = finish_routing(logits, scores, experts, p)
         if p.route_scale != 1.0:
             routing.weights = routing.weights * p.route_scale
         return routing
+
+    def after_optimizer_step(self) -> None:
+        if self.params.bias_update_rate:
+            update_expert_bias(self, self.params.bias_update_rate)
