@@ -35,7 +35,7 @@ from moelight.moe.router_losses import (
     z_loss,
 )
 from moelight.moe.routing import PluginParams, Router, Routing
-from moelight.moe.standard_router import StandardRoutingParams, finish_routing
+from moelight.moe.standard_router import StandardRoutingParams, apply_route_scale, finish_routing
 from moelight.parallel.all_to_all import all_to_all_counts
 from moelight.parallel.all_to_all import launch as launch_all_to_all
 from moelight.parallel.all_to_all import wait as wait_all_to_all
@@ -59,6 +59,7 @@ __all__ = [
     "Score",
     "StandardRoutingParams",
     "all_to_all_counts",
+    "apply_route_scale",
     "balance_probs",
     "build_gate",
     "coactivation_counts",

@@ -215,7 +215,7 @@ class Recipe(Section):
 
 # ---- loading -------------------------------------------------------------------------
 
-PLUGIN_SECTIONS = ("router", "dispatcher")
+PLUGIN_SECTIONS = {"router": routers, "dispatcher": dispatchers}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -242,6 +242,12 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             and value["name"] != out[key].get("name")
         )
         if isinstance(value, dict) and isinstance(out.get(key), dict) and not replaces_plugin:
+            if key in PLUGIN_SECTIONS:  # a parameter's old name and its new one must land on one value
+                registry, name = PLUGIN_SECTIONS[key], value.get("name", out[key].get("name"))
+                out[key], value = (
+                    registry.canonical_keys(name, out[key]),
+                    registry.canonical_keys(name, value),
+                )
             out[key] = merge(out[key], value)
         else:
             out[key] = value

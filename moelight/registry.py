@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 
 from moelight.errors import ConfigError, MoelightError, validation_message
 
@@ -136,6 +136,20 @@ class Registry:
                 f"unknown {self.kind} {name!r}; installed {self.kind}s: {', '.join(self.names())}",
             )
         return self._classes[name]
+
+    def canonical_keys(self, name: Any, params: dict[str, Any]) -> dict[str, Any]:
+        """`params` with each old name of a parameter of plugin `name` (a field's validation alias)
+        renamed to the field's name, unless the field's own name is there too."""
+        if not isinstance(name, str) or name not in self.names():
+            return params
+        renames = {
+            alias: field
+            for field, info in self.get(name).Params.model_fields.items()
+            if isinstance(info.validation_alias, AliasChoices)
+            for alias in info.validation_alias.choices
+            if isinstance(alias, str) and alias != field and field not in params
+        }
+        return {renames.get(k, k): v for k, v in params.items()}
 
     def params(self, spec: dict[str, Any], field: str | None = None):
         """Validate a recipe's `{name: ..., <params>}` mapping; returns (class, Params instance)."""

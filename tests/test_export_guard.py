@@ -70,7 +70,7 @@ def test_router_topk_exports_top_k_routing_and_records_the_dropped_router(c2r_ck
     "router, message",
     [
         ({"name": "c2r", "top_t": 3, "gate_network": "mlp"}, "mlp gate network"),
-        ({"name": "balanced", "score_scale": 4.0}, "score_scale"),
+        ({"name": "balanced", "score_scale": 4.0}, "route_scale 4.0"),  # the old name, an alias
         ({"name": "device_limited", "route_scale": 2.5}, "route_scale"),
     ],
 )

@@ -56,7 +56,7 @@ def test_eval_logits_and_experts_equal_the_official_model(tmp_path, gate_network
     hf_dir = checkpoint(tmp_path, gate_network, scale, top_t)
     model, recipe = imported(hf_dir, tmp_path / "m")
     assert recipe.router["name"] == ("balanced" if top_t is None else "c2r")
-    assert recipe.router_params().gate_network == gate_network and recipe.router_params().score_scale == scale
+    assert recipe.router_params().gate_network == gate_network and recipe.router_params().route_scale == scale
     ids = tokens()
     want, want_experts, _ = official.forward(hf_dir, ids)
     with torch.no_grad():

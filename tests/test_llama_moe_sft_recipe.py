@@ -21,7 +21,7 @@ RECIPE = RECIPES / "llama-moe-c2r-sft.yaml"
 BASELINE = RECIPES / "llama-moe-topk-sft.yaml"
 GATE = {  # LLaMA-MoE-v1-3_5B-2_8's TopKBalancedNoisyGate, as `moelight convert import` maps it
     "gate_network": "mlp",
-    "score_scale": 4.0,
+    "route_scale": 4.0,
     "noise": True,
     "noise_epsilon": 0.01,
     "balance_loss_coef": 0.01,

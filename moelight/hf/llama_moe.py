@@ -7,7 +7,7 @@ or `gate.gate_network.{0,2}.weight` (`mlp`: Linear -> Tanh -> Linear), the noise
 Routing: top-k on the (noisy, in training) logits, weights = softmax over the k chosen logits,
 expert outputs multiplied by `score_scale_factor`, loss `gate_balance_loss_weight * (CV^2(importance)
 + CV^2(load))` per layer. In moelight that is the `balanced` router with `method: noisy_cv`,
-`gate_network`, `score_scale` and `load_membership: noise` (LLaMA-MoE's smooth load compares the
+`gate_network`, `route_scale` and `load_membership: noise` (LLaMA-MoE's smooth load compares the
 noise term alone against the threshold).
 
 The C2R paper's patch of it adds `top_t` and `collaborative_list` to config.json; such a checkpoint
@@ -131,7 +131,7 @@ class LlamaMoe(Architecture):
             "name": "balanced",
             "method": "noisy_cv",
             "gate_network": gate_network,
-            "score_scale": scale,
+            "route_scale": scale,
             "noise": bool(cfg.get("gate_add_noise", True)),
             "noise_epsilon": float(cfg.get("gate_noise_epsilon", 1e-2)),
             "balance_loss_coef": float(cfg.get("gate_balance_loss_weight", 1e-2)) if use_balance else 0.0,
@@ -214,7 +214,7 @@ class LlamaMoe(Architecture):
             "gate_noise_epsilon": float(params["noise_epsilon"]),
             "calculator_type": "UniversalCalculator",
             "multiply_gate_scores": True,
-            "score_scale_factor": float(params["score_scale"]),
+            "score_scale_factor": float(params["route_scale"]),
             "add_weight_norm": False,
             "drop_tokens": True,
             "dropped_padding": "zero",
@@ -249,7 +249,7 @@ def _router_params(router: dict[str, Any] | None) -> dict[str, Any]:
 
 def c2r_router(balanced: dict[str, Any], top_t: int) -> dict[str, Any]:
     """The c2r router section that routes as the C2R paper's patched LLaMA-MoE gate."""
-    keep = ("gate_network", "score_scale", "noise", "noise_epsilon", "balance_loss_coef", "load_membership")
+    keep = ("gate_network", "route_scale", "noise", "noise_epsilon", "balance_loss_coef", "load_membership")
     return {
         "name": "c2r",
         "top_t": top_t,

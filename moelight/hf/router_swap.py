@@ -39,11 +39,10 @@ def as_topk(router: dict[str, Any]) -> dict[str, Any]:
             f"--router topk: the {router.get('name')!r} router's {values['gate_network']} gate network cannot "
             "be kept by a top-k gate (a single linear layer); allowed: gate_network: linear"
         )
-    scale = {k: values[k] for k in ("score_scale", "route_scale") if values.get(k, 1.0) != 1.0}
-    if scale:
+    if values.get("route_scale", 1.0) != 1.0:
         raise MoelightError(
-            f"--router topk: a top-k gate has no weight scale, so {scale} would change the outputs; "
-            "allowed: a scale of 1.0"
+            f"--router topk: a Hugging Face top-k gate has no weight scale, so route_scale "
+            f"{values['route_scale']} would change the outputs; allowed: route_scale: 1.0"
         )
     if router.get("name") == "balanced" and values.get("method") == "noisy_cv":
         # Without noise (inference) the noisy gate weights the k best by a softmax over their logits.
@@ -79,6 +78,11 @@ def topk_router_of(
     warnings: list[str] = []
     if values.get("score", "softmax") != "softmax":
         raise MoelightError(f"--arch {arch}: the router scores with {values['score']}; {arch} uses softmax")
+    if values.get("route_scale", 1.0) != 1.0:
+        raise MoelightError(
+            f"--arch {arch}: the router multiplies its weights by route_scale {values['route_scale']}; "
+            f"{arch} has no weight scale (allowed: route_scale: 1.0)"
+        )
     if renormalize_fixed is not None and bool(values.get("renormalize", False)) != renormalize_fixed:
         raise MoelightError(
             f"--arch {arch}: {arch} always uses renormalize={renormalize_fixed} for the top-k weights, "

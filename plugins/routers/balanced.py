@@ -5,7 +5,7 @@
   training, combine weights = softmax over the k selected (noisy) logits, and the loss
   `CV^2(importance) + CV^2(load)`, where importance = the summed gate weights per expert and
   load = the smooth probability (normal CDF) that each expert lands in the top k under the noise
-  (the plain count when no noise is drawn). `gate_network: mlp`, `score_scale` and
+  (the plain count when no noise is drawn). `gate_network: mlp`, `route_scale` and
   `load_membership: noise` make it LLaMA-MoE v1's gate exactly (what `moelight convert import`
   writes for a `llama_moe` checkpoint).
 - `method: bias` — auxiliary-loss-free balancing (DeepSeek-V3): a per-expert bias, added to the
@@ -28,6 +28,7 @@ from moelight.api import (
     Router,
     Routing,
     StandardRoutingParams,
+    apply_route_scale,
     build_gate,
     cv_balance_loss,
     expert_counts,
@@ -57,9 +58,6 @@ class BalancedRouter(Router):
         z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (both methods)")
         gate_network: GateNetwork = Field(
             "linear", description="linear gate, or LLaMA-MoE's mlp gate (Linear -> Tanh -> Linear)"
-        )
-        score_scale: float = Field(
-            1.0, gt=0, description="combine weights are multiplied by this (LLaMA-MoE's score_scale_factor)"
         )
         # noisy_cv
         noise: bool = Field(True, description="noisy_cv: add the learned gate noise in training")
@@ -137,7 +135,7 @@ class BalancedRouter(Router):
             losses["load_balance"] = p.balance_loss_coef * cv_balance_loss(experts, weights, load)
         if p.z_loss_coef:
             losses["z_loss"] = p.z_loss_coef * z_loss(clean)
-        return Routing(experts=experts, weights=weights * p.score_scale, logits=clean, aux_losses=losses)
+        return apply_route_scale(Routing(experts=experts, weights=weights, logits=clean, aux_losses=losses), p)
 
     # --- bias ---------------------------------------------------------------------------------
 
@@ -149,9 +147,7 @@ class BalancedRouter(Router):
         experts = (scores.detach() + self.expert_bias).topk(k, dim=-1).indices
         if self.training:
             record_expert_load(self, experts)
-        routing = finish_routing(logits, scores, experts, p)
-        routing.weights = routing.weights * p.score_scale
-        return routing
+        return finish_routing(logits, scores, experts, p)
 
     def after_optimizer_step(self) -> None:
         if self.params.method == "bias":

@@ -10,7 +10,7 @@ never the weights.
 
 LLaMA-MoE's C2R (the official patch of its TopKBalancedNoisyGate) is this rule with
 `gate_network: mlp`, `noise: true` (selection on the noisy logits in training),
-`renormalize: true` (softmax over the k chosen logits), `score_scale` and the CV^2
+`renormalize: true` (softmax over the k chosen logits), `route_scale` and the CV^2
 importance + load loss (`balance_loss_coef`), whose smooth load is computed against the
 constrained candidate set: an expert is "in" against the best candidate not chosen and "out"
 against the weakest one chosen (when T = k - 1 every candidate is chosen, and the next
@@ -33,6 +33,7 @@ from moelight.api import (
     Router,
     Routing,
     StandardRoutingParams,
+    apply_route_scale,
     build_gate,
     cv_balance_loss,
     expert_counts,
@@ -62,9 +63,6 @@ class C2RRouter(Router):
         # LLaMA-MoE's gate (see the module docstring)
         gate_network: GateNetwork = Field(
             "linear", description="linear gate, or LLaMA-MoE's mlp gate (Linear -> Tanh -> Linear)"
-        )
-        score_scale: float = Field(
-            1.0, gt=0, description="combine weights are multiplied by this (LLaMA-MoE's score_scale_factor)"
         )
         noise: bool = Field(
             False, description="learned gate noise in training; experts are chosen on noisy logits"
@@ -215,7 +213,7 @@ class C2RRouter(Router):
         experts = torch.cat([top1, cand.gather(1, ranked[:, : k - 1])], dim=1)
         if self.training and p.bias_update_rate:
             record_expert_load(self, experts)
-        routing = finish_routing(clean, scores, experts, p)
+        routing = finish_routing(clean, scores, experts, p, scale=False)  # the loss needs them unscaled
         if p.balance_loss_coef:
             if noisy_training and k < self.ctx.num_experts:
                 # The official gate's `top_logits`: top-1, then the best candidates; [T, k or k+1].
@@ -234,8 +232,7 @@ class C2RRouter(Router):
             routing.aux_losses["load_balance"] = p.balance_loss_coef * cv_balance_loss(
                 experts, routing.weights, load
             )
-        routing.weights = routing.weights * p.score_scale
-        return routing
+        return apply_route_scale(routing, p)
 
     def after_optimizer_step(self) -> None:
         if self.params.bias_update_rate:

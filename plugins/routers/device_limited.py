@@ -54,9 +54,6 @@ class DeviceLimitedRouter(Router):
             ge=1,
             description="a group's score is the sum of its best this-many expert scores (V2: 1, V3: 2)",
         )
-        route_scale: float = Field(
-            1.0, gt=0, description="multiplies the combine weights (routed_scaling_factor)"
-        )
         bias_update_rate: float = Field(
             0.0, ge=0, description="aux-loss-free balancing: step of the selection-only expert bias (0 = off)"
         )
@@ -138,10 +135,7 @@ class DeviceLimitedRouter(Router):
         experts = self.select(selection)
         if self.training and p.bias_update_rate:
             record_expert_load(self, experts)
-        routing = finish_routing(logits, scores, experts, p)
-        if p.route_scale != 1.0:
-            routing.weights = routing.weights * p.route_scale
-        return routing
+        return finish_routing(logits, scores, experts, p)
 
     def after_optimizer_step(self) -> None:
         if self.params.bias_update_rate:
