@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from moelight.data.datamodule import PackedDataset
 from moelight.data.instruct import (
     IGNORE_INDEX,
     ChatEncoder,
-    InstructDataset,
     build_instruct_corpus,
     load_examples,
-    packed_sequences,
+    pack,
     padded_sequences,
     parse_record,
 )
@@ -156,11 +156,15 @@ def examples_file(tmp_path, n: int = 12):
 
 
 def test_packed_sequences_loss_only_on_responses(tmp_path):
+    """The data module's packing (`pack` + `PackedDataset`) of instruction data."""
     tok = ByteTokenizer()
     examples = load_examples(examples_file(tmp_path), tok)
-    ds = InstructDataset(examples, seq_len=16, vocab_size=tok.vocab_size)
-    inputs, targets = ds.inputs, ds.targets
+    split = pack(examples, tok.vocab_size)
+    ds = PackedDataset(split.tokens, 16, split.loss_mask)
+    inputs = torch.stack([ds[i][0] for i in range(len(ds))])
+    targets = torch.stack([ds[i][1] for i in range(len(ds))])
     assert inputs.shape == targets.shape and inputs.shape[1] == 16
+    assert len(ds) == (sum(len(e.ids) for e in examples) - 1) // 16
     stream = np.concatenate([e.ids for e in examples])
     mask = np.concatenate([e.mask for e in examples])
     # Sequence i covers stream[i*16 : i*16 + 17]; targets are the next tokens where they are responses.
@@ -188,14 +192,6 @@ def test_padded_sequences(tmp_path):
     # Truncation keeps the first seq_len + 1 tokens.
     short_inputs, _ = padded_sequences(examples, seq_len=4, pad_id=0)
     assert torch.equal(short_inputs[0], torch.from_numpy(examples[0].ids[:4].astype(np.int64)))
-
-
-def test_packing_matches_the_generic_rule():
-    tokens = np.arange(20)
-    mask = np.arange(20) % 3 == 0
-    inputs, targets = packed_sequences(tokens, mask, 6)
-    assert inputs.tolist() == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17]]
-    assert targets[0].tolist() == [-100, -100, 3, -100, -100, 6]
 
 
 def test_directory_of_json_and_jsonl(tmp_path):

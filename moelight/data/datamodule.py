@@ -33,13 +33,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from moelight.errors import ConfigError
 
 from .corpus import Corpus, TokenSplit, build_corpus
-from .instruct import InstructDataset, build_instruct_corpus
+from .instruct import IGNORE_INDEX, PaddedDataset, build_instruct_corpus
 from .tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from moelight.recipe import DataConfig
-
-IGNORE_INDEX = -100  # targets with this value carry no loss (torch cross_entropy's default)
 
 
 class PackedDataset(Dataset):
@@ -211,7 +209,7 @@ class MoEDataModule(L.LightningDataModule):
             )
         pad = self.tokenizer.padding_id
         return tuple(
-            InstructDataset(corpus.meta[name], cfg.seq_len, self.vocab_size, packed=False, pad_id=pad)
+            PaddedDataset(corpus.meta[name], cfg.seq_len, pad_id=pad)
             for name in ("train_examples", "val_examples")
         )
 

@@ -47,7 +47,7 @@ from .tokenizer import ByteTokenizer, HFTokenizer
 if TYPE_CHECKING:
     from moelight.recipe import DataConfig
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # targets with this value carry no loss (torch cross_entropy's default)
 SUFFIXES = (".jsonl", ".json")
 FIELD = "data.source"
 SHAREGPT_ROLES = {
@@ -322,17 +322,6 @@ def pack(examples: list[Example], vocab_size: int) -> TokenSplit:
 # ---- sequences -----------------------------------------------------------------------------
 
 
-def packed_sequences(tokens: np.ndarray, mask: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, targets) [N, seq_len]: sequence i is tokens[i*L : i*L+L+1] (the data module's
-    packing rule); targets are -100 where the next token is not a response token."""
-    n = max(0, (len(tokens) - 1) // seq_len)
-    idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
-    toks = torch.from_numpy(np.asarray(tokens, dtype=np.int64))[idx]
-    keep = torch.from_numpy(np.asarray(mask, dtype=bool))[idx]
-    targets = toks[:, 1:].masked_fill(~keep[:, 1:], IGNORE_INDEX)
-    return toks[:, :-1].contiguous(), targets
-
-
 def padded_sequences(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, targets) [len(examples), seq_len]: one conversation per row, cut to seq_len + 1
     tokens, padded with `pad_id` (inputs) and -100 (targets)."""
@@ -349,17 +338,12 @@ def padded_sequences(examples: list[Example], seq_len: int, pad_id: int) -> tupl
     return inputs, targets
 
 
-class InstructDataset(Dataset):
-    """(input_ids, targets) pairs of instruction data, packed (default) or one conversation per row."""
+class PaddedDataset(Dataset):
+    """(input_ids, targets) pairs of instruction data, one conversation per row (`data.packing:
+    false`); packed instruction data is the data module's `PackedDataset` over `pack(...)`."""
 
-    def __init__(
-        self, examples: list[Example], seq_len: int, vocab_size: int, packed: bool = True, pad_id: int = 0
-    ):
-        if packed:
-            split = pack(examples, vocab_size)
-            self.inputs, self.targets = packed_sequences(split.tokens, split.loss_mask, seq_len)
-        else:
-            self.inputs, self.targets = padded_sequences(examples, seq_len, pad_id)
+    def __init__(self, examples: list[Example], seq_len: int, pad_id: int = 0):
+        self.inputs, self.targets = padded_sequences(examples, seq_len, pad_id)
 
     def __len__(self) -> int:
         return len(self.inputs)
