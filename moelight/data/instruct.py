@@ -178,7 +178,7 @@ class ChatEncoder:
     @property
     def style(self) -> str:
         if self._named is not None:
-            return f"{self._named.__name__.replace('_', '-')} template"
+            return f"{self._named.name} template"
         return "chat template" if self._template is not None else "plain chat format"
 
     def _render(self, messages: list[Message], generation_prompt: bool) -> str:

@@ -38,30 +38,59 @@ def _system(messages: list[Message], default: str) -> tuple[str, list[Message]]:
     return default, messages
 
 
-def c2r_instruct(messages: list[Message]) -> Rendered:
-    system, turns = _system(messages, C2R_SYSTEM)
-    segments: list[tuple[str, bool]] = []
-    head = system + "\n"
-    for m in turns:
-        if m["role"] == "user":
-            segments.append((f"{head}### Instruction:\n{m['content'].strip()}\n### Response:\n", False))
-            head = "\n"
-        else:
-            segments.append((f"{m['content']}\n{EOT}", True))
-    return Rendered(segments, eos_after_response=False, bos_first=False)
+@dataclass(frozen=True)
+class Template:
+    """One template's strings; every template renders turns with the same loop (`__call__`).
+
+    A user turn is `user.format(head=..., content=...)`, where head is `first_head` (formatted
+    with the system message) before the first user turn and `later_head` after; an assistant
+    turn is `response.format(content=...)` and is a target.
+    """
+
+    name: str  # the `data.prompt_template` value
+    default_system: str
+    first_head: str
+    later_head: str
+    user: str
+    response: str
+    strip_user: bool  # strip the user's text (the Qwen script does; FastChat does not)
+    eos_after_response: bool
+    bos_first: bool
+
+    def __call__(self, messages: list[Message]) -> Rendered:
+        system, turns = _system(messages, self.default_system)
+        segments: list[tuple[str, bool]] = []
+        head = self.first_head.format(system=system)
+        for m in turns:
+            if m["role"] == "user":
+                content = m["content"].strip() if self.strip_user else m["content"]
+                segments.append((self.user.format(head=head, content=content), False))
+                head = self.later_head
+            else:
+                segments.append((self.response.format(content=m["content"]), True))
+        return Rendered(segments, eos_after_response=self.eos_after_response, bos_first=self.bos_first)
 
 
-def vicuna(messages: list[Message]) -> Rendered:
-    system, turns = _system(messages, "")
-    segments: list[tuple[str, bool]] = []
-    head = system + " "
-    for m in turns:
-        if m["role"] == "user":
-            segments.append((f"{head}USER: {m['content']} ASSISTANT:", False))
-            head = ""
-        else:
-            segments.append((f" {m['content']}", True))
-    return Rendered(segments, eos_after_response=True, bos_first=True)
-
-
-TEMPLATES = {"c2r-instruct": c2r_instruct, "vicuna": vicuna}
+C2R_INSTRUCT = Template(
+    name="c2r-instruct",
+    default_system=C2R_SYSTEM,
+    first_head="{system}\n",
+    later_head="\n",
+    user="{head}### Instruction:\n{content}\n### Response:\n",
+    response="{content}\n" + EOT,
+    strip_user=True,
+    eos_after_response=False,
+    bos_first=False,
+)
+VICUNA = Template(
+    name="vicuna",
+    default_system="",
+    first_head="{system} ",
+    later_head="",
+    user="{head}USER: {content} ASSISTANT:",
+    response=" {content}",
+    strip_user=False,
+    eos_after_response=True,
+    bos_first=True,
+)
+TEMPLATES = {t.name: t for t in (C2R_INSTRUCT, VICUNA)}
