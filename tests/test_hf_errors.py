@@ -192,3 +192,44 @@ def test_router_that_hf_cannot_express(qwen_dir, tmp_path, capsys):
         "qwen2_moe",
     )
     assert "'balanced' router" in err and "would route differently" in err and "--router topk" in err
+
+
+# Recorded from the per-architecture tables before they shared their helpers (config_fields.py).
+EVERY_PROBLEM = {
+    "llama_moe": "--arch llama_moe: the model has model.qkv_bias: true (LLaMA-MoE has no attention biases); "
+    "a shared expert (model.shared_expert_ffn_hidden_size > 0); dense layers (model.moe_every: 2; LLaMA-MoE "
+    "is MoE in every layer); head_dim != hidden_size / n_heads; tied embeddings (LLaMA-MoE has its own lm_head)",
+    "mixtral": "--arch mixtral: the model has model.qkv_bias: true (Mixtral has no attention biases); a shared "
+    "expert (model.shared_expert_ffn_hidden_size > 0); dense layers (model.moe_every: 2; Mixtral is MoE in "
+    "every layer)",
+    "olmoe": "--arch olmoe: the model has no QK-norm (OLMoE needs model.qk_norm: true); model.qkv_bias: true "
+    "(OLMoE's attention_bias would also bias the output projection); a shared expert "
+    "(model.shared_expert_ffn_hidden_size > 0); dense layers (model.moe_every: 2; OLMoE is MoE in every "
+    "layer); head_dim != hidden_size / n_heads",
+}
+
+
+@pytest.mark.parametrize("arch", sorted(EVERY_PROBLEM))
+def test_export_names_every_problem_at_once(arch):
+    from moelight.errors import MoelightError
+    from moelight.hf.architectures import get_architecture
+    from moelight.recipe import ModelConfig
+
+    model = ModelConfig(
+        n_layers=2,
+        hidden_size=32,
+        n_heads=2,
+        ffn_hidden_size=64,
+        expert_ffn_hidden_size=32,
+        num_experts=4,
+        top_k=2,
+        qkv_bias=True,
+        shared_expert_ffn_hidden_size=16,
+        moe_every=2,
+        head_dim=8,
+        tie_embeddings=True,
+    )
+    router = {"name": "balanced"} if arch == "llama_moe" else {"name": "topk"}
+    with pytest.raises(MoelightError) as err:
+        get_architecture(arch).to_hf(model, router)
+    assert str(err.value) == EVERY_PROBLEM[arch]

@@ -111,6 +111,42 @@ def common_hf_fields(model: ModelConfig) -> dict[str, Any]:
     }
 
 
+def plain_attention_problems(model: ModelConfig, title: str) -> dict[str, bool]:
+    """What an HF class whose attention has neither q/k/v biases nor QK-norm cannot hold."""
+    return {
+        f"model.qkv_bias: true ({title} has no attention biases)": model.qkv_bias,
+        f"model.qk_norm: true ({title} has no QK-norm)": model.qk_norm,
+    }
+
+
+def every_layer_moe_problems(model: ModelConfig, title: str) -> dict[str, bool]:
+    """What an HF class with an MoE FFN in every layer and no shared expert cannot hold
+    (`title`: the architecture as people write it), for `refuse_unexportable`."""
+    return {
+        "a shared expert (model.shared_expert_ffn_hidden_size > 0)": bool(
+            model.shared_expert_ffn_hidden_size
+        ),
+        f"dense layers (model.moe_every: {model.moe_every}; {title} is MoE in every layer)": model.moe_every
+        != 1,
+    }
+
+
+def head_dim_problem(model: ModelConfig) -> dict[str, bool]:
+    """A head_dim other than hidden_size / n_heads, which an HF class without `head_dim` cannot hold."""
+    return {
+        "head_dim != hidden_size / n_heads": bool(
+            model.head_dim and model.head_dim * model.n_heads != model.hidden_size
+        )
+    }
+
+
+def refuse_unexportable(arch: str, problems: dict[str, bool]) -> None:
+    """One error naming every problem (description -> present) that the model has for `--arch arch`."""
+    present = [what for what, there in problems.items() if there]
+    if present:
+        raise MoelightError(f"--arch {arch}: the model has {'; '.join(present)}")
+
+
 def aux_coef_to_moelight(hf_coef: float, top_k: int, n_moe_layers: int) -> float:
     """HF's load-balancing loss counts k assignments per token and averages over layers; moelight's
     counts shares of the T*k assignments and sums over layers: equal totals need this factor."""

@@ -20,7 +20,15 @@ from typing import Any
 
 from moelight.errors import MoelightError
 from moelight.hf.architecture import Architecture, Entry
-from moelight.hf.config_fields import common_hf_fields, every_layer_moe_fields, require
+from moelight.hf.config_fields import (
+    common_hf_fields,
+    every_layer_moe_fields,
+    every_layer_moe_problems,
+    head_dim_problem,
+    plain_attention_problems,
+    refuse_unexportable,
+    require,
+)
 from moelight.recipe import ModelConfig
 from moelight.registry import routers
 
@@ -149,20 +157,10 @@ class LlamaMoe(Architecture):
 
     def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         arch = self.name
-        unsupported = {
-            "model.qkv_bias: true (LLaMA-MoE has no attention biases)": model.qkv_bias,
-            "model.qk_norm: true (LLaMA-MoE has no QK-norm)": model.qk_norm,
-            "a shared expert (model.shared_expert_ffn_hidden_size > 0)": model.shared_expert_ffn_hidden_size,
-            f"dense layers (model.moe_every: {model.moe_every}; LLaMA-MoE is MoE in every layer)": model.moe_every
-            != 1,
-            "head_dim != hidden_size / n_heads": bool(
-                model.head_dim and model.head_dim * model.n_heads != model.hidden_size
-            ),
-            "tied embeddings (LLaMA-MoE has its own lm_head)": model.tie_embeddings,
-        }
-        bad = [what for what, present in unsupported.items() if present]
-        if bad:
-            raise MoelightError(f"--arch {arch}: the model has {'; '.join(bad)}")
+        problems = plain_attention_problems(model, "LLaMA-MoE") | every_layer_moe_problems(model, "LLaMA-MoE")
+        problems |= head_dim_problem(model)
+        problems["tied embeddings (LLaMA-MoE has its own lm_head)"] = model.tie_embeddings
+        refuse_unexportable(arch, problems)
         if router.get("name") not in EXPORTABLE:
             raise MoelightError(
                 f"--arch {arch}: router {router.get('name')!r} cannot be exported: LLaMA-MoE routes with its noisy "

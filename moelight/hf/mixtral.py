@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from moelight.errors import MoelightError
 from moelight.hf.architecture import Architecture
 from moelight.hf.config_fields import (
     aux_coef_to_hf,
     aux_coef_to_moelight,
     common_hf_fields,
     every_layer_moe_fields,
+    every_layer_moe_problems,
+    plain_attention_problems,
+    refuse_unexportable,
 )
 from moelight.hf.router_swap import topk_router_of
 from moelight.recipe import ModelConfig
@@ -61,16 +63,9 @@ class Mixtral(Architecture):
 
     def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         arch = self.name
-        unsupported = {
-            "model.qkv_bias: true (Mixtral has no attention biases)": model.qkv_bias,
-            "model.qk_norm: true (Mixtral has no QK-norm)": model.qk_norm,
-            "a shared expert (model.shared_expert_ffn_hidden_size > 0)": model.shared_expert_ffn_hidden_size,
-            f"dense layers (model.moe_every: {model.moe_every}; Mixtral is MoE in every layer)": model.moe_every
-            != 1,
-        }
-        bad = [what for what, present in unsupported.items() if present]
-        if bad:
-            raise MoelightError(f"--arch {arch}: the model has {'; '.join(bad)}")
+        refuse_unexportable(
+            arch, plain_attention_problems(model, "Mixtral") | every_layer_moe_problems(model, "Mixtral")
+        )
         values, warnings = topk_router_of(router, arch, model.top_k, renormalize_fixed=True)
         config = common_hf_fields(model) | {
             "intermediate_size": model.expert_ffn_hidden_size,

@@ -13,6 +13,9 @@ from moelight.hf.config_fields import (
     aux_coef_to_moelight,
     common_hf_fields,
     every_layer_moe_fields,
+    every_layer_moe_problems,
+    head_dim_problem,
+    refuse_unexportable,
 )
 from moelight.hf.router_swap import topk_router_of
 from moelight.recipe import ModelConfig
@@ -47,19 +50,13 @@ class Olmoe(Architecture):
 
     def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         arch = self.name
-        unsupported = {
+        problems = {
             "no QK-norm (OLMoE needs model.qk_norm: true)": not model.qk_norm,
             "model.qkv_bias: true (OLMoE's attention_bias would also bias the output projection)": model.qkv_bias,
-            "a shared expert (model.shared_expert_ffn_hidden_size > 0)": model.shared_expert_ffn_hidden_size,
-            f"dense layers (model.moe_every: {model.moe_every}; OLMoE is MoE in every layer)": model.moe_every
-            != 1,
-            "head_dim != hidden_size / n_heads": bool(
-                model.head_dim and model.head_dim * model.n_heads != model.hidden_size
-            ),
         }
-        bad = [what for what, present in unsupported.items() if present]
-        if bad:
-            raise MoelightError(f"--arch {arch}: the model has {'; '.join(bad)}")
+        refuse_unexportable(
+            arch, problems | every_layer_moe_problems(model, "OLMoE") | head_dim_problem(model)
+        )
         values, warnings = topk_router_of(router, arch, model.top_k)
         config = common_hf_fields(model) | {
             "intermediate_size": model.expert_ffn_hidden_size,
