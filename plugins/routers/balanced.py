@@ -135,7 +135,9 @@ class BalancedRouter(Router):
             losses["load_balance"] = p.balance_loss_coef * cv_balance_loss(experts, weights, load)
         if p.z_loss_coef:
             losses["z_loss"] = p.z_loss_coef * z_loss(clean)
-        return apply_route_scale(Routing(experts=experts, weights=weights, logits=clean, aux_losses=losses), p)
+        return apply_route_scale(
+            Routing(experts=experts, weights=weights, logits=clean, aux_losses=losses), p
+        )
 
     # --- bias ---------------------------------------------------------------------------------
 
