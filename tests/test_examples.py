@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from probe_plugin import probe_module, write_probe
 
 from moelight.api import LayerContext, dispatchers, routers
 from moelight.cli.main import main
-from moelight.registry import discover, file_module_name, load_plugin_modules
+from moelight.registry import file_module_name, load_plugin_modules
 from moelight.testing import check_dispatcher, check_router
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,13 +115,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_training_calls_the_router_hooks_and_logs_router_scalars(tiny, tmp_path, monkeypatch):
-    discover()  # first, or the installed plugins would land in the copy and vanish with it
-    monkeypatch.setattr(routers, "_classes", dict(routers._classes))
-    probe = tmp_path / "probe.py"
-    probe.write_text(HOOKS)
+    probe = write_probe(HOOKS, tmp_path, monkeypatch)
     steps = ["trainer.max_steps=3", "trainer.log_every_n_steps=1", "model.n_layers=1"]
     assert main(["fit", *tiny, *steps, f"plugins=[{probe}]", "router.name=kit_hook_probe"]) == 0
-    calls = sys.modules[file_module_name(probe)].CALLS
+    calls = probe_module(probe).CALLS
     assert calls == [
         ("begin", 0, 0),
         ("after", 0, 0),

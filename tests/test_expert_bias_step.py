@@ -9,16 +9,15 @@ step on all ranks.
 from __future__ import annotations
 
 import socket
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from probe_plugin import probe_module, write_probe
 
 from moelight.api import LayerContext, routers
 from moelight.cli.main import main
-from moelight.registry import discover, file_module_name
 
 D, E, K, T = 16, 8, 2, 64
 RATE = 0.01
@@ -154,10 +153,7 @@ class BiasProbe(BalancedRouter):
 
 @pytest.mark.slow
 def test_training_with_gradient_accumulation_updates_once_per_optimizer_step(tiny, tmp_path, monkeypatch):
-    discover()  # first, or the installed plugins would land in the copy and vanish with it
-    monkeypatch.setattr(routers, "_classes", dict(routers._classes))
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
+    probe = write_probe(PROBE, tmp_path, monkeypatch)
     args = [
         *tiny,
         "model.n_layers=1",
@@ -171,7 +167,7 @@ def test_training_with_gradient_accumulation_updates_once_per_optimizer_step(tin
         "trainer.max_steps=3",
     ]
     assert main(["fit", *args]) == 0
-    events = sys.modules[file_module_name(probe)].EVENTS
+    events = probe_module(probe).EVENTS
     # Replay the run with the reference rule: every forward (training or validation) must see the
     # bias of the last optimizer step, and each step must apply its two micro-batches' load.
     bias, micro, steps, evals = torch.zeros(E), [], 0, 0
