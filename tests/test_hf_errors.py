@@ -215,19 +215,9 @@ def test_export_names_every_problem_at_once(arch):
     from moelight.hf.architectures import get_architecture
     from moelight.recipe import ModelConfig
 
+    # The defaults plus every feature these architectures cannot hold (moelight's default QK-norm is off).
     model = ModelConfig(
-        n_layers=2,
-        hidden_size=32,
-        n_heads=2,
-        ffn_hidden_size=64,
-        expert_ffn_hidden_size=32,
-        num_experts=4,
-        top_k=2,
-        qkv_bias=True,
-        shared_expert_ffn_hidden_size=16,
-        moe_every=2,
-        head_dim=8,
-        tie_embeddings=True,
+        qkv_bias=True, shared_expert_ffn_hidden_size=16, moe_every=2, head_dim=8, tie_embeddings=True
     )
     router = {"name": "balanced"} if arch == "llama_moe" else {"name": "topk"}
     with pytest.raises(MoelightError) as err:
