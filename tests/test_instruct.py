@@ -79,6 +79,21 @@ def test_formats(record, expected):
         ({"messages": [{"role": "assistant", "content": "a"}]}, "must start with a user turn"),
         ({"messages": [{"role": "wizard", "content": "a"}]}, "role 'wizard'"),
         ({"messages": [{"role": "user", "content": 3}]}, "content is int, expected a string"),
+        ({"messages": "x"}, "'messages' must be a list of {role, content} objects"),
+        ({"messages": [{"role": "user"}]}, "message 0 must be an object with 'role' and 'content'"),
+        ({"conversations": 5}, "'conversations' must be a list of {from, value} objects"),
+        (
+            {"conversations": [{"from": "human"}]},
+            "conversation turn 0 must be an object with 'from' and 'value'",
+        ),
+        (
+            {"conversations": [{"from": "elf", "value": "a"}]},
+            "conversation turn 0 has from 'elf' (allowed: system,",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": 2}]},
+            "conversation turn 0 value is int, expected a string",
+        ),
         ({"instruction": "x"}, "needs 'output'"),
         (["not", "an", "object"], "expected a JSON object, got list"),
     ],

@@ -77,41 +77,31 @@ def _text(value: Any, what: str, where: str) -> str:
     return value
 
 
-def _messages(items: Any, where: str) -> list[Message]:
+def _turns(items: Any, where: str, key: str, role_key: str, text_key: str, noun: str) -> list[Message]:
+    """`messages` ({role, content} objects) or ShareGPT `conversations` ({from, value}) -> messages."""
     if not isinstance(items, list):
-        raise ConfigError(FIELD, f"{where}: 'messages' must be a list of {{role, content}} objects")
+        raise ConfigError(FIELD, f"{where}: {key!r} must be a list of {{{role_key}, {text_key}}} objects")
     out = []
-    for n, m in enumerate(items):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ConfigError(FIELD, f"{where}: message {n} must be an object with 'role' and 'content'")
-        role = SHAREGPT_ROLES.get(str(m["role"]).lower())
+    for n, t in enumerate(items):
+        if not isinstance(t, dict) or role_key not in t or text_key not in t:
+            raise ConfigError(
+                FIELD, f"{where}: {noun} {n} must be an object with {role_key!r} and {text_key!r}"
+            )
+        role = SHAREGPT_ROLES.get(str(t[role_key]).lower())
         if role is None:
             raise ConfigError(
-                FIELD, f"{where}: message {n} has role {m['role']!r} (allowed: system, user, assistant)"
+                FIELD,
+                f"{where}: {noun} {n} has {role_key} {t[role_key]!r} (allowed: {', '.join(SHAREGPT_ROLES)})",
             )
-        out.append({"role": role, "content": _text(m["content"], f"message {n} content", where)})
+        out.append({"role": role, "content": _text(t[text_key], f"{noun} {n} {text_key}", where)})
     return out
 
 
 def _conversations(items: Any, where: str) -> list[Message]:
-    if not isinstance(items, list):
-        raise ConfigError(FIELD, f"{where}: 'conversations' must be a list")
-    if all(isinstance(t, str) for t in items):
+    if isinstance(items, list) and items and all(isinstance(t, str) for t in items):
         # LIMA: alternating user / assistant strings, user first.
         return [{"role": ("user", "assistant")[n % 2], "content": t} for n, t in enumerate(items)]
-    out = []
-    for n, t in enumerate(items):
-        if not isinstance(t, dict) or "from" not in t or "value" not in t:
-            raise ConfigError(
-                FIELD, f"{where}: conversation turn {n} must be a string or an object with 'from' and 'value'"
-            )
-        role = SHAREGPT_ROLES.get(str(t["from"]).lower())
-        if role is None:
-            raise ConfigError(
-                FIELD, f"{where}: conversation turn {n} is from {t['from']!r} (unknown speaker)"
-            )
-        out.append({"role": role, "content": _text(t["value"], f"turn {n} value", where)})
-    return out
+    return _turns(items, where, "conversations", "from", "value", "conversation turn")
 
 
 def parse_record(record: Any, where: str = "record") -> list[Message]:
@@ -119,7 +109,7 @@ def parse_record(record: Any, where: str = "record") -> list[Message]:
     if not isinstance(record, dict):
         raise ConfigError(FIELD, f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
-        msgs = _messages(record["messages"], where)
+        msgs = _turns(record["messages"], where, "messages", "role", "content", "message")
     elif "conversations" in record:
         msgs = _conversations(record["conversations"], where)
     elif "instruction" in record:
