@@ -87,7 +87,8 @@ def test_forwards_without_an_optimizer_step_leave_the_bias_alone(kind):
 
 
 def test_a_step_without_optimizer_step_leaves_no_load_behind():
-    """A skipped step (no `after_optimizer_step`) does not count in the next step's update."""
+    """Load recorded under one step number that never reached `after_optimizer_step` does not
+    count in the update of a step with another number."""
     router = build("balanced").train()
     router.begin_step(3)
     router(torch.randn(T, D) + 3.0)  # this step is skipped

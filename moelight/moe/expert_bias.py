@@ -32,8 +32,8 @@ def register_expert_bias(router: nn.Module, num_experts: int) -> None:
 def record_expert_load(router: nn.Module, experts: torch.Tensor) -> None:
     """Add this training forward's chosen experts [T, k] to the step's load.
 
-    The load is tagged with `router.step` (set by `Router.begin_step`): the load of a step that
-    ended without `after_optimizer_step` (a skipped step) is dropped when a later step records.
+    The load is tagged with `router.step` (set by `Router.begin_step`): load left by a step that
+    ended without `after_optimizer_step` is dropped when a forward of another step number records.
     """
     load = getattr(router, LOAD)
     step = getattr(router, "step", None)
