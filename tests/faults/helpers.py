@@ -53,3 +53,18 @@ def tail(log: Path, n: int = 3000) -> str:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def same_state(got: dict, ref: dict) -> bool:
+    """Bit-identical step, weights and AdamW state."""
+    g, r = got["optim"][0]["state"], ref["optim"][0]["state"]
+    return (
+        got["step"] == ref["step"]
+        and got["state"].keys() == ref["state"].keys()
+        and all(torch.equal(got["state"][k], v) for k, v in ref["state"].items())
+        and g.keys() == r.keys()
+        and all(
+            g[p].keys() == s.keys() and all(torch.equal(g[p][n], v) for n, v in s.items())
+            for p, s in r.items()
+        )
+    )
