@@ -215,8 +215,10 @@ def log_sizes(log: Path) -> list[int]:
     ]
 
 
-def signal_run(argv: list[str], run: Path, rng: random.Random, plan: dict, steps: int, span_s: float) -> dict:
-    """One run of a chain, signalled as `plan` says once training started; returns its record."""
+def signal_run(argv: list[str], run: Path, rng: random.Random, plan: dict, steps: int, step_s: float) -> dict:
+    """One run of a chain, signalled as `plan` says once its handlers are in; returns its record.
+    Unaimed ("any"): at a uniformly random moment within about the rest of the run."""
+    from_step = saved_step(run)
     log = run.with_suffix(".log")
     marks = log_sizes(log)
     t0 = time.monotonic()
@@ -229,7 +231,7 @@ def signal_run(argv: list[str], run: Path, rng: random.Random, plan: dict, steps
     if started:
         early = lambda: all(step_of_rank(r) < steps - 2 for r in range(WORLD))  # noqa: E731
         if aim == "any":
-            wait_until(lambda: False, pids, codes, rng.uniform(0.0, span_s))
+            wait_until(lambda: False, pids, codes, rng.uniform(0.0, (steps - from_step) * step_s))
         else:  # the aimed phase, or after AIM_S whatever phase the rank is in
             wait_until(lambda: phase_of(targets[0]) == aim or not early(), pids, codes, AIM_S)
         if not codes and early():
@@ -239,6 +241,7 @@ def signal_run(argv: list[str], run: Path, rng: random.Random, plan: dict, steps
                 os.kill(pids[r], getattr(signal, plan["signal"]))
     exit_codes = wait_all(pids)
     record = dict(plan) | {
+        "from_step": from_step,
         "signalled": landed is not None,
         "landed": landed,
         "sent_at_step": sent_at_step,
@@ -270,6 +273,11 @@ def trial_ok(t: dict) -> bool:
     )
 
 
+def saved_step(run: Path) -> int:
+    """The step of a run's `last.ckpt` (what `--resume last` takes here), 0 if none."""
+    return checkpoint_step(run / "checkpoints" / "last.ckpt") or 0
+
+
 def final_state(run: Path, work: Path) -> dict:
     single = work / f"{run.name}.final.ckpt"
     write_consolidated(run / "checkpoints" / "last.ckpt", single)
@@ -283,16 +291,18 @@ def finish(argv: list[str], run: Path) -> list[int]:
 
 
 def chain(
-    base: list[str], run: Path, rng: random.Random, plans: list[dict], steps: int, span_s: float
+    base: list[str], run: Path, rng: random.Random, plans: list[dict], steps: int, step_s: float
 ) -> dict:
     argv = [*base, f"trainer.out_dir={run}"]
     trials = []
     for i, plan in enumerate(plans):
-        record = signal_run([*argv, "--resume", "last"] if i else argv, run, rng, plan, steps, span_s)
-        trials.append(record)
+        if saved_step(run) >= steps - 3:
+            break  # too near the end to be signalled before it
+        record = signal_run([*argv, "--resume", "last"] if i else argv, run, rng, plan, steps, step_s)
+        trials.append(record | {"resumed": i > 0})
         if not record["signalled"] or not record.get("ok"):
             break  # it ended first (or failed): the rest of the plan starts a new chain
-    done = checkpoint_step(run / "checkpoints" / "last.ckpt") == steps  # a run ended before its signal
+    done = saved_step(run) == steps  # a run ended before its signal
     codes = [0] * WORLD if done else finish(argv, run)
     return {"run": run.name, "trials": trials, "final_codes": codes}
 
@@ -362,7 +372,7 @@ def main_() -> None:
     codes = wait_all(fork_ranks([*base, f"trainer.out_dir={ref_run}"], ref_run.with_suffix(".log")))
     assert codes == [0, 0], f"the uninterrupted run exited {codes}; see {ref_run}.log.rank*"
     timing["reference_s"] = time.monotonic() - t1
-    span_s = timing["reference_s"] / 3  # random moments within about a third of a run
+    step_s = 0.7 * timing["reference_s"] / a.steps  # start-up included: unaimed signals land early
     reference = final_state(ref_run, work)
 
     rng = random.Random(a.seed)
@@ -376,7 +386,7 @@ def main_() -> None:
             for i in range(min(a.per_chain, len(kinds) - landed))
         ]
         n += len(plans)
-        c = chain(base, work / f"chain{len(chains)}", rng, plans, a.steps, span_s)
+        c = chain(base, work / f"chain{len(chains)}", rng, plans, a.steps, step_s)
         try:
             c["equal"] = c["final_codes"] == [0, 0] and same_state(
                 final_state(work / c["run"], work), reference
