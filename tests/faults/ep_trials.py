@@ -106,8 +106,15 @@ def instrument(rank: int) -> None:
     ep_strategy.save_sharded = phased("save", ep_strategy.save_sharded)
 
 
+def note(work: Path, text: str) -> None:
+    """A time-stamped line in WORK/progress.log: where the seconds went."""
+    with open(work / "progress.log", "a") as fh:
+        fh.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+
+
 def fork_ranks(argv: list[str], log: Path) -> list[int]:
     """Start both ranks of `moelight fit argv` (forked, as a launcher would start them); their pids."""
+    note(log.parent, f"fork {log.stem} {' '.join(a for a in argv if a.startswith('--'))}")
     port = str(find_free_network_port())
     BOARD[:] = bytes(SLOT * WORLD)  # no phase or step left from the previous run
     pids = []
@@ -145,12 +152,15 @@ def poll(pids: list[int], codes: dict[int, int]) -> bool:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 codes[pid] = os.waitstatus_to_exitcode(status)
-    return len(codes) == len(pids)
+    return all(pid in codes for pid in pids)
 
 
-def wait_all(pids: list[int], limit_s: float = HUNG_S) -> list[int | str]:
-    """The ranks' exit codes; "hung" for one still running after `limit_s` (then killed here)."""
-    codes: dict[int, int] = {}
+def wait_all(
+    pids: list[int], codes: dict[int, int] | None = None, limit_s: float = HUNG_S
+) -> list[int | str]:
+    """The ranks' exit codes (`codes`: those reaped already); "hung" for one still running after
+    `limit_s` (then killed here)."""
+    codes = {} if codes is None else codes
     deadline = time.monotonic() + limit_s
     while not poll(pids, codes) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -239,7 +249,7 @@ def signal_run(argv: list[str], run: Path, rng: random.Random, plan: dict, steps
             sent_at_step = [step_of_rank(r) for r in targets]
             for r in targets:
                 os.kill(pids[r], getattr(signal, plan["signal"]))
-    exit_codes = wait_all(pids)
+    exit_codes = wait_all(pids, codes)
     record = dict(plan) | {
         "from_step": from_step,
         "signalled": landed is not None,
@@ -318,12 +328,16 @@ def lost_rank_trial(base: list[str], run: Path, how: str, steps: int) -> dict:
     # Mid-step after the first checkpoint (step 3) is published: rank 1 past its save, not in one.
     in_step = lambda: first.exists() and step_of_rank(1) >= 4 and phase_of(1) != "save"  # noqa: E731
     reached = wait_until(in_step, pids, codes, HUNG_S)
+    note(run.parent, f"{how} to rank 1 at step {step_of_rank(1)} in {phase_of(1)}")
     t0 = time.monotonic()
-    os.kill(pids[1], getattr(signal, how))
-    code0 = wait_all(pids[:1])[0]  # rank 1 is not reaped yet: a zombie, or stopped
+    if pids[1] not in codes:
+        os.kill(pids[1], getattr(signal, how))
+    code0 = wait_all(pids[:1], codes)[0]  # rank 1 is not reaped yet: a zombie, or stopped
     took = time.monotonic() - t0
-    os.kill(pids[1], signal.SIGKILL)  # a stopped rank is not coming back
-    os.waitpid(pids[1], 0)
+    if pids[1] not in codes:
+        os.kill(pids[1], signal.SIGKILL)  # a stopped rank is not coming back
+    wait_all(pids[1:], codes)
+    note(run.parent, f"rank 0 exited {code0} after {took:.1f} s")
     said = " ".join(Path(f"{log}.rank0").read_bytes().decode(errors="replace").split())
     resumed = finish(argv, run)
     return {
@@ -343,7 +357,7 @@ def main_() -> None:
     parser.add_argument("--signals", type=int, default=20, help="signals per kind is half of this")
     parser.add_argument("--per-chain", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12)
     a = parser.parse_args()
     work = Path(a.work)
     base = [
