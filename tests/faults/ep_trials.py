@@ -59,7 +59,8 @@ TIMEOUT_S = 4.0  # parallel.collective_timeout_s of every run: a lost rank is no
 AIM_S = 2.0  # a signal aimed at a phase not seen this long is sent anyway
 HUNG_S = 90  # a run whose ranks are still alive this long after its signal is hung: a failure
 PHASES = ["other", "forward/optimizer", "backward", "all2all", "grad-sync", "agree", "save"]
-AIMS = ["any", "all2all", "backward", "save", "agree", "grad-sync", "any", "forward/optimizer"]
+# "start-up": as soon as the handlers are in (restoring the checkpoint, before the first step).
+AIMS = ["any", "all2all", "backward", "save", "agree", "grad-sync", "start-up", "forward/optimizer"]
 
 # The board: per rank, its phase (a byte) and its step (an int), shared with every forked rank.
 SLOT = 8
@@ -68,6 +69,12 @@ BOARD = mmap.mmap(-1, SLOT * WORLD)
 
 def phase_of(rank: int) -> str:
     return PHASES[BOARD[rank * SLOT]]
+
+
+def landing(rank: int) -> str:
+    """The rank's phase now; "start-up" outside any phase before this run's first step ended."""
+    phase = phase_of(rank)
+    return "start-up" if phase == "other" and step_of_rank(rank) == 0 else phase
 
 
 def step_of_rank(rank: int) -> int:
@@ -240,12 +247,14 @@ def signal_run(argv: list[str], run: Path, rng: random.Random, plan: dict, steps
     aim, landed, sent_at_step = plan["aim"], None, None
     if started:
         early = lambda: all(step_of_rank(r) < steps - 2 for r in range(WORLD))  # noqa: E731
-        if aim == "any":
+        if aim == "start-up":
+            pass
+        elif aim == "any":
             wait_until(lambda: False, pids, codes, rng.uniform(0.0, (steps - from_step) * step_s))
         else:  # the aimed phase, or after AIM_S whatever phase the rank is in
             wait_until(lambda: phase_of(targets[0]) == aim or not early(), pids, codes, AIM_S)
         if not codes and early():
-            landed = [phase_of(r) for r in targets]  # the moment before the signal is sent
+            landed = [landing(r) for r in targets]  # the moment before the signal is sent
             sent_at_step = [step_of_rank(r) for r in targets]
             for r in targets:
                 os.kill(pids[r], getattr(signal, plan["signal"]))
