@@ -59,7 +59,7 @@ def test_p2_sigterm_and_sigint_at_random_moments_save_on_every_rank_exit_and_res
     assert not failed, failed[:3]
     assert kinds["SIGTERM"] >= SIGNALS // 2 and kinds["SIGINT"] >= SIGNALS // 2
     assert ranks["0"] and ranks["1"], "each rank alone must be signalled"
-    for phase in ("all2all", "backward", "save"):
+    for phase in ("all2all", "backward", "save", "start-up"):
         assert landed[phase], f"no signal landed in {phase}"
     assert any(t["resumed"] for t in sent), "no resumed run was signalled"
     unequal = [c for c in trials["chains"] if not c["equal"]]
