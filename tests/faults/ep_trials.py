@@ -5,21 +5,22 @@ each chain to the end and compare with an uninterrupted run. For tests/faults/te
 
 Both ranks of every run are forked from this process after one warm-up run in it, with the
 environment a launcher gives them (LOCAL_RANK, WORLD_SIZE, MASTER_PORT), so Lightning starts no
-process itself: a run costs its steps and gloo's rendezvous (about a second), not two Python,
-torch and Lightning start-ups (10-60 s each here). Each forked rank records on a shared board which
+process itself: a run costs its CLI parse, rendezvous and steps (2-5 s on this loaded 2-core
+machine), not two Python, torch and Lightning start-ups (10-60 s each here). Each forked rank records on a shared board which
 phase of the step it is in (all2all, backward, expert-gradient sync, the stop agreement, a save,
 other forward/optimizer work) and its step, so a signal can be aimed at a phase and its landing
 phase is known: read from the board the moment before the signal is sent.
 
-A chain is a fresh run signalled (SIGTERM or SIGINT, to rank 0, rank 1 or both, once training
-started) at a random moment, then `--resume last` signalled again, and so on; then `--resume last`
+A chain is a fresh run signalled (SIGTERM or SIGINT, to rank 0, rank 1 or both, once both ranks
+have the guard's handler in: from `setup`, so start-up and restore count) at a random moment, then `--resume last` signalled again, and so on; then `--resume last`
 to the end. After every signal: both ranks' exit codes, both ranks' "stopped by SIG at step N"
 lines, the published `last.ckpt` (COMPLETE at step N, one shard per rank, every tensor loads, every
 parameter's optimizer step equals N) and no `.partial` left. Then a SIGSTOP trial (rank 1 stopped:
 rank 0 must stop within the collective timeout naming it) and a SIGKILL trial (the same for a
 killed rank), each resumed to the end. Every chain's final weights and AdamW state must equal the
 uninterrupted run's, bit for bit.
-Writes {"trials": [...], "chains": [...], "stop": {...}, "kill": {...}, "timing": {...}}.
+Writes {"trials": [...], "chains": [...], "SIGSTOP": {...}, "SIGKILL": {...}, "handlers_restored":
+bool, "timing": {...}}; WORK_DIR/progress.log says when each run was started.
 """
 
 from __future__ import annotations
