@@ -6,11 +6,18 @@ makes it exit 1 without saving. Here the handler only records the signal; at the
 training step all ranks agree on it with one small all-reduce (a signal to ANY rank counts), and
 together they raise Lightning's SIGTERM path: `SaveLast` writes a complete (sharded) checkpoint
 at that step boundary and the CLI exits 143 (SIGTERM) or 130 (SIGINT).
+
+The handler is installed at `setup`, before the checkpoint is restored, and it also takes the
+place of Lightning's notifier (which Lightning installs after the restore): a signal during
+start-up or restore is then honoured at the first step boundary, and no handler ever runs a
+collective. `teardown` puts back what was there before, so a later run in the same process (a
+notebook, a test) gets no stale handler.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from typing import Any
 
 import lightning as L
@@ -31,14 +38,28 @@ class PreemptionGuard(L.Callback):
     def _handler(self, signum: int, frame) -> None:
         self.received.add(signum)  # nothing else: a collective may be in flight right now
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        self.received.clear()
+        self.stopped_by = None
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handler)
+        # Lightning composes this notifier (its broadcast) into the SIGTERM handler it installs
+        # after the restore: let it only record, like ours.
+        trainer._signal_connector._sigterm_notifier_fn = self._handler
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # After an exception (SIGTERMException included) Lightning restores the handlers it found,
+        # ours, and calls no teardown hook: have it restore the ones from before ours instead.
+        trainer._signal_connector._original_handlers.update(self._previous)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         local = torch.tensor([float(s in self.received) for s in SIGNALS], device=pl_module.device)

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from conftest import TINY  # noqa: E402
 
+from faults.helpers import same_state  # noqa: E402
 from moelight.cli.main import main  # noqa: E402
 
 WORKERS = 2
@@ -237,21 +238,6 @@ def final_states(run: Path) -> list[dict]:
 
 def matches(run: Path, ref: dict) -> bool:
     return all(same_state(s, ref) for s in final_states(run))
-
-
-def same_state(got: dict, ref: dict) -> bool:
-    """Bit-identical step, weights and AdamW state."""
-    g, r = got["optim"][0]["state"], ref["optim"][0]["state"]
-    return (
-        got["step"] == ref["step"]
-        and got["state"].keys() == ref["state"].keys()
-        and all(torch.equal(got["state"][k], v) for k, v in ref["state"].items())
-        and g.keys() == r.keys()
-        and all(
-            g[p].keys() == s.keys() and all(torch.equal(g[p][n], v) for n, v in s.items())
-            for p, s in r.items()
-        )
-    )
 
 
 def main_() -> None:
