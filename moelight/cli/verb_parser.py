@@ -66,6 +66,7 @@ class VerbParser(ArgumentParser):
             exit_on_error=False,
             allow_abbrev=False,
         )
+        self.command = prog  # jsonargparse rewrites a subcommand's prog for its usage line
         self.subparsers: dict[str, VerbParser] = {}
         self._commands = None
 
@@ -81,12 +82,12 @@ class VerbParser(ArgumentParser):
             "--key.path value (repeatable)",
         )
 
-    def subcommand(self, name: str, description: str) -> VerbParser:
+    def subcommand(self, name: str, summary: str, description: str) -> VerbParser:
         """Declare `prog name ...` with its own parser; the parsed namespace names it as `command`."""
         if self._commands is None:
             self._commands = self.add_subcommands(required=True, dest="command")
         parser = VerbParser(f"{self.prog} {name}", description)
-        self._commands.add_subcommand(name, parser, help=description.splitlines()[0])
+        self._commands.add_subcommand(name, parser, help=summary)
         self.subparsers[name] = parser
         return parser
 
@@ -107,8 +108,8 @@ class VerbParser(ArgumentParser):
 
     def error_line(self, text: str, argv: list[str]) -> str:
         parser = next((self.subparsers[a] for a in argv if a in self.subparsers), self)
-        name = parser.prog.removeprefix("moelight ")
-        see = f"see `{parser.prog} --help`"
+        name = parser.command.removeprefix("moelight ")
+        see = f"see `{parser.command} --help`"
         if text.startswith("unrecognized arguments:"):
             first = text.split(":", 1)[1].split()[0]
             if first.startswith(OVERRIDE_OPTION + "="):
