@@ -39,7 +39,7 @@ class CommaList:
     def __call__(self, value: str | list) -> list:
         if isinstance(value, list):  # jsonargparse checks the parsed list again
             return value
-        parts = str(value).split(",")
+        parts = [part.strip() for part in str(value).split(",")]
         if "" in parts:
             raise ArgumentTypeError(f"invalid value {value!r} (expected {self})")
         if self.choices and (unknown := [p for p in parts if p not in self.choices]):
