@@ -23,7 +23,9 @@ def parser_error_line(text: str) -> str:
 
 def value_error_line(name: str, text: str) -> str:
     """`name: invalid value 'x' (allowed: a, b)` out of jsonargparse's 'Parser key "..."' message."""
-    given = re.search(r"(?:Given|Got) value: (.*)", text)
+    given = re.search(r"(?:Given|Got) value: (.*)", text) or re.search(
+        r"invalid literal for .*: '(.*)'", text
+    )
     value = f" {given.group(1).strip()!r}" if given else ""
     if "dot import path" in text or "import path" in text and "class" in text.lower():
         hint = "expected a class name or dotted import path of a subclass, a list of them, or true/false"
@@ -33,9 +35,12 @@ def value_error_line(name: str, text: str) -> str:
     if allowed:
         return f"{name}: invalid value{value} (allowed: {allowed})"
     # a restricted type (PositiveInt, ...), also inside Optional[...]: its reason, not NoneType's
-    restricted = re.search(r"Not of type (\w+)(?:: does not conform to restriction v([<>]=?)(\S+))?", text)
+    restricted = re.search(
+        r"Not of type (\w+)(?:: (\S+ )?does not conform to restriction v([<>]=?)(\S+))?", text
+    )
     if restricted:
-        kind, op, bound = restricted.groups()
+        kind, bad, op, bound = restricted.groups()
+        value = value or (f" {bad.strip()!r}" if bad else "")
         number = "an integer" if kind.endswith("Int") else "a number"
         return f"{name}: invalid value{value} (expected {number}{f' {op} {bound}' if op else ''})"
     expected = re.findall(r"Expected an? (?:<class '([^']+)'>|([^.\n]+))", text)
