@@ -66,7 +66,7 @@ class VerbParser(ArgumentParser):
             exit_on_error=False,
             allow_abbrev=False,
         )
-        self.command = prog  # jsonargparse rewrites a subcommand's prog for its usage line
+        self.full_name = prog  # jsonargparse rewrites a subcommand's prog for its usage line
         self.subparsers: dict[str, VerbParser] = {}
         self._commands = None
 
@@ -107,9 +107,9 @@ class VerbParser(ArgumentParser):
             raise MoelightError(self.error_line(str(err), args)) from None
 
     def error_line(self, text: str, argv: list[str]) -> str:
-        parser = next((self.subparsers[a] for a in argv if a in self.subparsers), self)
-        name = parser.command.removeprefix("moelight ")
-        see = f"see `{parser.command} --help`"
+        parser = self.subparsers.get(argv[0], self) if argv else self
+        name = parser.full_name.removeprefix("moelight ")
+        see = f"see `{parser.full_name} --help`"
         if text.startswith("unrecognized arguments:"):
             first = text.split(":", 1)[1].split()[0]
             if first.startswith(OVERRIDE_OPTION + "="):
