@@ -24,24 +24,29 @@ def verb_parser(verb: str):
 
 
 def documented_commands() -> list[tuple[str, list[str]]]:
-    """(where, argv) of each `moelight <verb> ...` line in the docs' code blocks (synopses with
-    [optional] parts and `...` excepted); continuation lines joined, comments dropped."""
+    """(where, argv) of each `moelight <verb> ...` command in the docs: lines of code blocks
+    (continuations joined, comments dropped) and lines that are one `inline command`; synopses
+    with [optional] parts or `...` excepted."""
     found = []
     for doc in DOCS:
-        in_code, text = False, doc.read_text()
-        lines = iter(text.splitlines())
-        for n, line in enumerate(lines, 1):
-            if line.startswith("```"):
-                in_code = not in_code
+        lines = doc.read_text().splitlines()
+        in_code, i = False, 0
+        while i < len(lines):
+            line, where = lines[i].strip(), f"{doc.name}:{i + 1}"
+            in_code ^= line.startswith("```")
+            inline = re.fullmatch(r"`(moelight [^`]+)`", line)
+            command = (
+                inline.group(1) if inline else re.sub(r"^(\w+=\S+ )*", "", line)
+            )  # OMP_NUM_THREADS=1 ...
+            while in_code and command.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                command = command[:-1] + lines[i]
+            i += 1
+            if not (in_code or inline) or not command.startswith("moelight "):
                 continue
-            command = re.sub(r"^(\w+=\S+ )*", "", line.strip())  # OMP_NUM_THREADS=1 moelight ...
-            if not in_code or not command.startswith("moelight "):
-                continue
-            while command.endswith("\\"):
-                command = command[:-1] + next(lines)
             argv = shlex.split(command, comments=True)[1:]
             if argv[0] in PARSED_VERBS and not any(a.startswith("[") or a == "..." for a in argv):
-                found.append((f"{doc.name}:{n}", argv))
+                found.append((where, argv))
     return found
 
 
