@@ -119,7 +119,10 @@ def parser() -> VerbParser:
         help="device counts",
     )
     c.add_argument(
-        "--interconnect", type=CommaList(choices=comm.INTERCONNECTS), default=list(comm.INTERCONNECTS)
+        "--interconnect",
+        type=CommaList(choices=comm.INTERCONNECTS),
+        default=list(comm.INTERCONNECTS),
+        help="the interconnects to project for",
     )
     c.add_argument(
         "--bandwidth-gbs", type=NonNegativeFloat | None, help="a custom interconnect instead (GB/s)"
@@ -132,7 +135,7 @@ def parser() -> VerbParser:
         help="grouplocal metadata bytes per expert slot of a row",
     )
     c.add_argument("--samples", type=PositiveInt, default=200_000, help="Monte-Carlo samples")
-    c.add_argument("--seed", type=NonNegativeInt, default=0)
+    c.add_argument("--seed", type=NonNegativeInt, default=0, help="seed of the sampled routings")
     c.add_argument("--json", metavar="PATH", help=JSON)
 
     e = p.subcommand("ep", "expert-parallel training steps over an emulated interconnect", EP)
