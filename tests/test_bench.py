@@ -342,7 +342,10 @@ def test_bench_comm_counts_recorded_routings(tmp_path, capsys):
     "argv, message",
     [
         (["--profile", "/nonexistent.npy"], "file not found"),
-        (["--interconnect", "pigeon"], "--interconnect: invalid value 'pigeon' (allowed: nvlink, infiniband)"),
+        (
+            ["--interconnect", "pigeon"],
+            "--interconnect: invalid value 'pigeon' (allowed: nvlink, infiniband)",
+        ),
         (["--devices", "2,x"], "--devices: invalid value '2,x' (expected comma-separated integers"),
         (["--preset", "nope"], "--preset: invalid value 'nope' (allowed: cpu-tiny"),
     ],
