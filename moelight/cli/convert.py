@@ -2,88 +2,64 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from rich.console import Console
 from rich.markup import escape
 
-from moelight.cli.args import split_args
-from moelight.errors import MoelightError
+from moelight.cli.verb_parser import VerbParser
+from moelight.hf.architectures import architectures
+from moelight.hf.convert_dirs import DTYPES, export_from_checkpoint, import_to_dir
+from moelight.hf.router_swap import as_topk, record_dropped
 
-USAGE = """usage:
-  moelight convert import HF_DIR --out DIR [--dtype keep|float32|bfloat16|float16] [--force]
-      read a local Hugging Face checkpoint directory (config.json + *.safetensors) and write
-      DIR/model.safetensors (moelight names), DIR/recipe.yaml (model section, `topk` router with
-      the HF routing, model.init_from: model.safetensors) and DIR/tokenizer/ when HF_DIR has one.
-  moelight convert export CKPT_OR_DIR --out HF_DIR --arch ARCH [--recipe RECIPE] [--dtype ...] [--force]
-                          [--router topk]
-      write HF_DIR/config.json + HF_DIR/model.safetensors in the hub layout (one tensor per
-      expert) from a converted directory, a .safetensors file (needs --recipe) or a Lightning .ckpt.
-      A router ARCH cannot express (c2r, device_limited, a balancing bias...) stops the export:
-      the HF model would route differently. --router topk exports it anyway with a plain top-k
-      gate (same gate weights) and records the dropped router in config.json (moelight_export).
-
-architectures: {archs}
-Conversion reads and writes files only; loading the result in transformers needs `moelight[hf]`."""
-
-SUBCOMMANDS = ("import", "export")
+IMPORT = """Read a local Hugging Face checkpoint directory (config.json + *.safetensors) and write
+DIR/model.safetensors (moelight names), DIR/recipe.yaml (model section, `topk` router with the HF
+routing, model.init_from: model.safetensors) and DIR/tokenizer/ when HF_DIR has one. The
+architecture and router come from config.json."""
+EXPORT = """Write HF_DIR/config.json + HF_DIR/model.safetensors in the hub layout (one tensor per expert)
+from a converted directory, a .safetensors file (needs --recipe) or a Lightning .ckpt.
+A router ARCH cannot express (c2r, device_limited, a balancing bias...) stops the export: the HF
+model would route differently. --router topk exports it anyway with a plain top-k gate (same gate
+weights) and records the dropped router in config.json (moelight_export)."""
+DTYPE = Literal[("keep", *DTYPES)]
 
 
-def _archs() -> str:
-    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
-    from moelight.hf.architectures import architectures
-
-    return ", ".join(architectures())
-
-
-def _dtype(value: str | bool | None):
-    # imported when the verb runs, not with the CLI: `moelight --help` stays fast
-    from moelight.hf.convert_dirs import DTYPES
-
-    if value in (None, "keep"):
-        return None
-    if value not in DTYPES:
-        raise MoelightError(f"--dtype {value!r}: allowed: keep, {', '.join(DTYPES)}")
-    return DTYPES[value]
-
-
-def _require(flags: dict, name: str, sub: str) -> str:
-    value = flags.get(name)
-    if not isinstance(value, str) or not value:
-        raise MoelightError(f"convert {sub} needs {name} (see `moelight convert --help`)")
-    return value
+def parser() -> VerbParser:
+    archs = ", ".join(architectures())
+    p = VerbParser(
+        "moelight convert",
+        f"Hugging Face MoE checkpoints in and out. Architectures: {archs}.\n"
+        "Conversion reads and writes files only; loading the result in transformers needs `moelight[hf]`.",
+    )
+    imp = p.subcommand(
+        "import", "a Hugging Face checkpoint directory into moelight weights and recipe", IMPORT
+    )
+    imp.add_argument("hf_dir", metavar="HF_DIR", help="a local Hugging Face checkpoint directory")
+    exp = p.subcommand("export", "a moelight checkpoint into a Hugging Face directory", EXPORT)
+    exp.add_argument("checkpoint", metavar="CKPT_OR_DIR", help="a converted directory, .safetensors or .ckpt")
+    exp.add_argument("--arch", required=True, metavar="ARCH", help=f"the Hugging Face architecture: {archs}")
+    exp.add_argument("--recipe", help="the recipe of a bare .safetensors file")
+    exp.add_argument(
+        "--router",
+        type=Literal["topk"] | None,
+        help="export a router ARCH cannot express as a plain top-k gate (recorded in config.json)",
+    )
+    for sub in (imp, exp):
+        sub.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
+        sub.add_argument("--dtype", type=DTYPE, default="keep", help="weights' dtype (keep: as stored)")
+        sub.add_argument("--force", action="store_true", help="overwrite DIR's files")
+    return p
 
 
 def run(argv: list[str]) -> int:
+    args = parser().parse(argv)
+    if args is None:
+        return 0
+    a = args[args.command]
+    dtype = DTYPES.get(a.dtype)
     console = Console()
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE.format(archs=_archs()))
-        return 0
-    sub, rest = argv[0], argv[1:]
-    if sub not in SUBCOMMANDS:
-        raise MoelightError(f"unknown convert command {sub!r}; allowed: {', '.join(SUBCOMMANDS)}")
-    if any(a in ("-h", "--help") for a in rest):
-        print(USAGE.format(archs=_archs()))
-        return 0
-    args = split_args(
-        rest, value_flags=("--out", "--arch", "--recipe", "--dtype", "--router"), bool_flags=("--force",)
-    )
-    if args.overrides:
-        raise MoelightError(f"convert {sub} takes no recipe overrides (got {' '.join(args.overrides)})")
-    if args.recipe is None:
-        what = "HF_DIR" if sub == "import" else "CKPT_OR_DIR"
-        raise MoelightError(f"convert {sub} needs {what} (see `moelight convert --help`)")
-    out = _require(args.flags, "--out", sub)
-    dtype = _dtype(args.flags.get("--dtype"))
-    force = bool(args.flags.get("--force"))
-
-    if sub == "import":
-        if "--arch" in args.flags or "--recipe" in args.flags or "--router" in args.flags:
-            raise MoelightError(
-                "convert import reads the architecture and router from config.json: drop --arch/--recipe/--router"
-            )
-        # imported when the verb runs, not with the CLI: `moelight --help` stays fast
-        from moelight.hf.convert_dirs import import_to_dir
-
-        result = import_to_dir(args.recipe, out, dtype=dtype, force=force)
+    if args.command == "import":
+        result = import_to_dir(a.hf_dir, a.out, dtype=dtype, force=a.force)
         m = result.imported.model
         n = sum(t.numel() for t in result.imported.state_dict.values())
         console.print(
@@ -102,27 +78,21 @@ def run(argv: list[str]) -> int:
         )
         return 0
 
-    arch = _require(args.flags, "--arch", sub)
-    from moelight.hf.convert_dirs import export_from_checkpoint
-    from moelight.hf.router_swap import as_topk, record_dropped
-
     swapped: list[tuple[dict, dict]] = []
     replace = None
-    if "--router" in args.flags:
-        if args.flags["--router"] != "topk":
-            raise MoelightError(f"--router {args.flags['--router']!r}: allowed: topk")
+    if a.router == "topk":
 
         def replace(router: dict) -> dict:
             swapped.append((router, as_topk(router)))
             return swapped[-1][1]
 
     warnings = export_from_checkpoint(
-        args.recipe, out, arch, args.flags.get("--recipe"), dtype=dtype, force=force, replace_router=replace
+        a.checkpoint, a.out, a.arch, a.recipe, dtype=dtype, force=a.force, replace_router=replace
     )
     for original, exported in swapped:
         if original.get("name") != exported.get("name"):
-            warnings.append(record_dropped(out, original, exported))
+            warnings.append(record_dropped(a.out, original, exported))
     for w in warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
-    console.print(f"exported {escape(arch)} to {escape(out)} (config.json, model.safetensors)")
+    console.print(f"exported {escape(a.arch)} to {escape(a.out)} (config.json, model.safetensors)")
     return 0

@@ -21,16 +21,17 @@ command line decides it.
 from __future__ import annotations
 
 import warnings
-from argparse import ArgumentError, RawDescriptionHelpFormatter
+from argparse import ArgumentError
 from datetime import timedelta
 from typing import Any
 
 import lightning as L
-from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from moelight.cli.parse_errors import parser_error_line, trainer_errors
+from moelight.cli.parse_errors import parser_error_line
+from moelight.cli.trainer_errors import trainer_errors
+from moelight.cli.verb_parser import HelpFormatter
 from moelight.data.datamodule import MoEDataModule
 from moelight.errors import MoelightError
 from moelight.parallel.strategy import ExpertParallelStrategy
@@ -65,10 +66,6 @@ ALIASED = {recipe_field for recipe_field in ALIASES.values()} | {("parallel", "e
 TRAINER_ONLY_RECIPE = ("checkpoint_every_n_steps", "compile")
 SECTIONS = ("model", "data", "optim", "parallel", "profile")
 WHOLE = ("router", "dispatcher", "seed", "plugins")
-
-
-class HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's help, with the description's line breaks kept."""
 
 
 def class_path(cls: type) -> str:

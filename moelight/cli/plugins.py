@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from moelight.cli.verb_parser import VerbParser
 from moelight.errors import MoelightError
 from moelight.registry import (
     Registry,
@@ -26,12 +27,6 @@ from moelight.registry import (
     routers,
     source_of,
 )
-
-USAGE = """usage: moelight plugins [NAME | FILE.py ...]
-
-Without arguments: every installed router and dispatcher, with its parameters and status.
-NAME (e.g. topk) or FILE.py (a plugin file, as a recipe's `plugins:` would load it):
-each plugin's parameters with types, bounds, defaults and descriptions."""
 
 REGISTRIES = (routers, dispatchers)
 BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -138,14 +133,30 @@ def show_all(console: Console) -> None:
     console.print("`moelight plugins NAME` shows one plugin's parameters with their descriptions.")
 
 
+def parser() -> VerbParser:
+    p = VerbParser(
+        "moelight plugins",
+        "Without arguments: every installed router and dispatcher, with its parameters and status.",
+    )
+    p.add_argument(
+        "targets",
+        nargs="*",
+        default=[],
+        metavar="NAME | FILE.py",
+        help="a plugin name (e.g. topk) or a plugin file (as a recipe's `plugins:` would load it): "
+        "each plugin's parameters with types, bounds, defaults and descriptions",
+    )
+    return p
+
+
 def run(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+    args = parser().parse(argv)
+    if args is None:
         return 0
     console = Console()
-    if not argv:
+    if not args.targets:
         show_all(console)
-    for target in argv:
+    for target in args.targets:
         for registry, name in plugins_named(target):
             show_plugin(console, registry, name, target if target.endswith(".py") else None)
     for name, error in _load_failures.items():

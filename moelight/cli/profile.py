@@ -6,93 +6,70 @@ import sys
 import time
 from pathlib import Path
 
+from jsonargparse.typing import PositiveInt
 from rich.console import Console
 from rich.table import Table
 
-from moelight.cli.args import split_args
+from moelight.cli.verb_parser import CommaList, VerbParser
 from moelight.errors import MoelightError
 
-HELP = """usage: moelight profile CHECKPOINT --out DIR [--data PATH] [--max-tokens N]
-                        [--devices N[,N...]]... [key.path=value ...]
-
-Run a trained model over a corpus and write its collaboration profile to DIR:
+DESCRIPTION = """Run a trained model over a corpus and write its collaboration profile to DIR:
   profile.safetensors  co-activation [L,E,E], load [L,E], collaborator lists [L,E,E],
                        concentration [L,E-1], specialization [L,E], routing histogram
   profile.json         metadata and summary metrics
   coactivation.png, concentration.png
 Use DIR (or DIR/profile.safetensors) as `profile.path` of a c2r recipe.
-
-  CHECKPOINT        a moelight checkpoint (.ckpt written by `moelight fit`)
-  --out DIR         where to write (created)
-  --data PATH       profile on this text/jsonl file or directory instead of the recipe's
-                    validation data (it becomes data.source; its validation split is used)
-  --max-tokens N    stop after N tokens (default: the whole validation split)
-  --devices N       also write DIR/placement-N.json: experts on N devices, equal groups, keeping
-                    as much co-activation inside a device as possible (repeatable, or 2,4)
-  key.path=value    override the checkpoint's recipe, e.g. data.batch_size=32
-"""
+Recipe overrides (key.path=value) change the checkpoint's recipe, e.g. data.batch_size=32."""
 
 console = Console()
 
 
-def _device_counts(argv: list[str]) -> tuple[list[int], list[str]]:
-    """Pull every `--devices` (repeatable, comma lists) out of argv."""
-    devices: list[int] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        name, eq, inline = argv[i].partition("=")
-        if name == "--devices":
-            if eq:
-                raw = inline
-            elif i + 1 < len(argv):
-                raw = argv[i + 1]
-                i += 1
-            else:
-                raise MoelightError("--devices needs a value, e.g. --devices 2,4")
-            for part in raw.split(","):
-                try:
-                    n = int(part)
-                except ValueError:
-                    raise MoelightError(f"--devices: {part!r} is not a number of devices") from None
-                if n < 1:
-                    raise MoelightError(f"--devices: {n} must be >= 1")
-                if n not in devices:
-                    devices.append(n)
-        else:
-            rest.append(argv[i])
-        i += 1
-    return devices, rest
+def parser() -> VerbParser:
+    p = VerbParser("moelight profile", DESCRIPTION)
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="a moelight checkpoint (.ckpt written by `moelight fit`)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write (created)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="profile on this text/jsonl file or directory instead of the recipe's validation data "
+        "(it becomes data.source; its validation split is used)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=PositiveInt | None,
+        help="stop after N tokens (default: the whole validation split)",
+    )
+    p.add_argument(
+        "--devices",
+        type=CommaList(PositiveInt, what="device counts"),
+        action="extend",
+        default=[],
+        help="also write DIR/placement-N.json: experts on N devices, equal groups, keeping as much "
+        "co-activation inside a device as possible (repeatable, or 2,4)",
+    )
+    p.add_overrides()
+    return p
 
 
 def run(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(HELP)
+    args = parser().parse(argv)
+    if args is None:
         return 0
-    devices, argv = _device_counts(argv)
-    args = split_args(argv, value_flags=("--out", "--data", "--max-tokens"))
-    if args.recipe is None:
-        raise MoelightError("moelight profile needs a CHECKPOINT (see moelight profile --help)")
-    out = args.flags.get("--out")
-    if not out:
-        raise MoelightError("moelight profile needs --out DIR")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise MoelightError(f"--out {out} is a file; moelight profile writes a directory of results there")
-    max_tokens = None
-    if "--max-tokens" in args.flags:
-        try:
-            max_tokens = int(args.flags["--max-tokens"])
-        except ValueError:
-            raise MoelightError(f"--max-tokens: {args.flags['--max-tokens']!r} is not a number") from None
-        if max_tokens < 1:
-            raise MoelightError("--max-tokens must be >= 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise MoelightError(
+            f"--out {args.out} is a file; moelight profile writes a directory of results there"
+        )
     overrides = list(args.overrides)
-    if "--data" in args.flags:
-        data = str(args.flags["--data"])
-        if not Path(data).exists():
-            raise MoelightError(f"--data: {data} not found")
-        overrides.append(f"data.source={Path(data).resolve()}")
-    return profile(str(args.recipe), str(out), max_tokens=max_tokens, devices=devices, overrides=overrides)
+    if args.data is not None:
+        if not Path(args.data).exists():
+            raise MoelightError(f"--data: {args.data} not found")
+        overrides.append(f"data.source={Path(args.data).resolve()}")
+    devices = list(dict.fromkeys(args.devices))
+    return profile(
+        args.checkpoint, args.out, max_tokens=args.max_tokens, devices=devices, overrides=overrides
+    )
 
 
 def profile(
