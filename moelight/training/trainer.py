@@ -26,6 +26,7 @@ from moelight.parallel.strategy import ExpertParallelStrategy
 from moelight.recipe import Recipe
 from moelight.training.epochs import EpochBudget
 from moelight.training.nonfinite import NonFiniteGuard
+from moelight.training.outside_loop_signals import TrainingStarted
 from moelight.training.progress import StepProgressBar
 from moelight.training.save_last import SaveLast
 from moelight.training.signals import PreemptionGuard
@@ -121,6 +122,7 @@ def moelight_callbacks(
         EpochBudget(),  # sets max_steps from trainer.max_epochs before the LR schedule is built
         NonFiniteGuard(t.on_nonfinite, t.max_nonfinite_skips),
         PreemptionGuard(),
+        TrainingStarted(),  # after PreemptionGuard: from here on it handles the signals
         RankRegistry(t.out_dir),
     ]
     if progress_bar:
