@@ -47,7 +47,7 @@ def devices_per_node(accelerator: str | Accelerator, devices: Any) -> int:
         return CUDAAccelerator.auto_device_count() if gpu else 1
     if "," in text:
         return len([d for d in text.split(",") if d.strip()])
-    return int(text)
+    return int(text) if text.isdigit() else 1  # anything else: Lightning reports it
 
 
 def strategy_with_timeout(
@@ -57,6 +57,8 @@ def strategy_with_timeout(
     if not isinstance(strategy, str):
         return strategy  # an instance: built by its owner
     if strategy == "auto":
+        if accelerator not in ("auto", "cpu", "gpu", "cuda") and not isinstance(accelerator, Accelerator):
+            return strategy  # e.g. TPUs: Lightning picks its own strategy there
         if devices_per_node(accelerator, devices) * num_nodes <= 1:
             return strategy  # one process: Lightning's single-device strategy
         return DDPStrategy(timeout=timeout)  # what Lightning's "auto" picks for several processes
