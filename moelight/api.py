@@ -15,7 +15,12 @@ from moelight.kernels.permute import gather_rows
 from moelight.kernels.row_plan import row_plan
 from moelight.kernels.token_slots import token_slots
 from moelight.moe.dispatch import Dispatcher, DispatchStats, ExpertParallelContext
-from moelight.moe.expert_bias import record_expert_load, register_expert_bias, update_expert_bias
+from moelight.moe.expert_bias import (
+    discard_expert_load,
+    record_expert_load,
+    register_expert_bias,
+    update_expert_bias,
+)
 from moelight.moe.experts import ExpertWeights
 from moelight.moe.gate_network import GateNetwork, GateNoise, build_gate
 from moelight.moe.layer_context import LayerContext
@@ -87,6 +92,7 @@ __all__ = [
     "standard_routing",
     "token_slots",
     "update_expert_bias",
+    "discard_expert_load",
     "wait_all_to_all",
     "z_loss",
 ]

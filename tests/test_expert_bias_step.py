@@ -99,6 +99,21 @@ def test_a_step_without_optimizer_step_leaves_no_load_behind():
     torch.testing.assert_close(router.expert_bias, reference_update(start, chosen), rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", sorted(ROUTERS))
+def test_a_dropped_step_leaves_no_load_behind(kind):
+    """A step dropped by `on_nonfinite: skip` keeps the step number (no update was taken): the
+    trainer calls `discard_step`, and the next update counts only the next step's forwards."""
+    router = build(kind).train()
+    router.begin_step(3)
+    router(torch.randn(T, D) + 3.0)  # this step goes non-finite and is dropped
+    router.discard_step()
+    router.begin_step(3)  # the same number: updates taken did not advance
+    start = router.expert_bias.clone()
+    chosen = [router(torch.randn(T, D)).experts]
+    router.after_optimizer_step()
+    torch.testing.assert_close(router.expert_bias, reference_update(start, chosen), rtol=0, atol=1e-7)
+
+
 def _rank_worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:

@@ -20,6 +20,7 @@ from moelight.cli.lightning_cli import MoelightCLI
 from moelight.model.build import build_model, count_parameters, flops_per_token, layer_contexts
 from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
+from moelight.training.outside_loop_signals import Interrupted, held, late_signal, signals_outside_training
 from moelight.training.run_dir import prepare_run
 from moelight.training.signals import exit_code, stop_signal
 from moelight.training.trainer import checkpoint_dir
@@ -42,6 +43,15 @@ def report_model(recipe: Recipe) -> None:
 
 
 def run(argv: list[str]) -> int:
+    with signals_outside_training():
+        try:
+            return _run(argv)
+        except Interrupted as exc:
+            console.print(f"[yellow]{exc.signal.name}: interrupted before training started, nothing saved[/]")
+            return exit_code(exc.signal)
+
+
+def _run(argv: list[str]) -> int:
     args = split_fit_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     try:
@@ -53,7 +63,8 @@ def run(argv: list[str]) -> int:
         return 0
     # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
     # it refuses a mismatching resume before anything in the run directory is written.
-    ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
+    with held():  # may move an earlier run aside: never half done
+        ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
     return fit_cli(cli, ckpt_path)
 
 
@@ -69,7 +80,8 @@ def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None) -> int:
     report_model(recipe)
     Path(recipe.trainer.out_dir).mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
-        (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
+        with held():
+            (Path(recipe.trainer.out_dir) / "recipe.yaml").write_text(recipe.to_yaml())
     start = time.perf_counter()
     try:
         t = recipe.trainer
@@ -95,6 +107,14 @@ def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None) -> int:
             f"[bold green]done[/]: {trainer.global_step} steps in {wall:.1f}s, {val_text}"
             f"checkpoints in {checkpoint_dir(recipe)}"
         )
+    late = late_signal(trainer)
+    if late is not None:  # the run completed; the exit status still says it was asked to stop
+        if trainer.is_global_zero:
+            console.print(
+                f"[yellow]{late.name} after the last step: the run completed and its final checkpoint "
+                f"(step {trainer.global_step}) is saved[/]"
+            )
+        return exit_code(late)
     return 0
 
 

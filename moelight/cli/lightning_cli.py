@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import warnings
 from argparse import ArgumentError
-from datetime import timedelta
 from typing import Any
 
 import lightning as L
-from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from moelight.cli.parse_errors import parser_error_line
@@ -34,6 +32,7 @@ from moelight.cli.trainer_errors import trainer_errors
 from moelight.cli.verb_parser import HelpFormatter
 from moelight.data.datamodule import MoEDataModule
 from moelight.errors import MoelightError
+from moelight.parallel.collective_timeout import set_config_timeout, strategy_with_timeout
 from moelight.parallel.strategy import ExpertParallelStrategy
 from moelight.recipe import Recipe, validate_recipe
 from moelight.training.module import MoELanguageModel, check_vocab
@@ -41,6 +40,7 @@ from moelight.training.trainer import (
     ALIASES,
     SAME_NAMED,
     check_expert_parallel,
+    collective_timeout,
     logger_specs,
     moelight_callbacks,
     strategy_spec,
@@ -176,8 +176,13 @@ class MoelightCLI(LightningCLI):
         with trainer_errors():
             # `instantiate` since jsonargparse 4.49 (instantiate_classes is deprecated there).
             instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
+            timeout = collective_timeout(self.recipe)
+            set_config_timeout(self.config["trainer.strategy"], timeout)
             self.config_init = instantiate(self.config)
             kwargs = {k: v for k, v in self.config_init["trainer"].items() if k not in TRAINER_ONLY_RECIPE}
+            kwargs["strategy"] = strategy_with_timeout(
+                kwargs["strategy"], timeout, kwargs["accelerator"], kwargs["devices"], kwargs["num_nodes"]
+            )
             has_loggers = kwargs["logger"] not in (None, False, [])
             checkpointing = kwargs["enable_checkpointing"] is not False
             own = moelight_callbacks(self.recipe, kwargs["enable_progress_bar"], has_loggers, checkpointing)
@@ -198,9 +203,6 @@ class MoelightCLI(LightningCLI):
     def with_strategy_expert_parallel(self, recipe: Recipe) -> Recipe:
         """The strategy decides the expert-parallel size; the recipe records it (models read it)."""
         strategy = self.trainer.strategy
-        if isinstance(strategy, ExpertParallelStrategy) and strategy._timeout == default_pg_timeout:
-            # a strategy named on the command line gets the recipe's collective timeout too
-            strategy._timeout = timedelta(seconds=recipe.parallel.collective_timeout_s)
         size = strategy.expert_parallel if isinstance(strategy, ExpertParallelStrategy) else 1
         if size == recipe.parallel.expert_parallel:
             return recipe

@@ -56,3 +56,12 @@ def update_expert_bias(router: nn.Module, rate: float) -> None:
     bias.add_(rate * torch.sign(load.mean() - load))  # no load this step: sign(0) leaves it
     load.zero_()
     router._expert_load_step = None
+
+
+@torch.no_grad()
+def discard_expert_load(router: nn.Module) -> None:
+    """Forget the load recorded since the last update (a dropped step); no-op without a bias."""
+    load = getattr(router, LOAD, None)
+    if load is not None:
+        load.zero_()
+        router._expert_load_step = None

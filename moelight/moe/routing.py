@@ -64,6 +64,10 @@ class Router(nn.Module):
     def after_optimizer_step(self) -> None:
         """Called once after each optimizer step: update state that gradients do not train."""
 
+    def discard_step(self) -> None:
+        """Called instead of `after_optimizer_step` when the trainer dropped the step
+        (`trainer.on_nonfinite: skip`): forget what this step's forwards recorded."""
+
     def log_scalar(self, name: str, value: float | torch.Tensor) -> None:
         """Report a scalar for this step; the trainer logs it as `router/<name>/l<layer index>`."""
         self._logged[name] = value.detach() if isinstance(value, torch.Tensor) else float(value)

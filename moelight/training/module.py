@@ -15,8 +15,14 @@ from moelight.model.init_from import load_init_weights
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe, validate_recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
+from moelight.training.nonfinite import step_skipped, update_overflow, updates_taken
 from moelight.training.optim import build_optimizer
-from moelight.training.router_hooks import after_optimizer_step, begin_router_step, router_scalars
+from moelight.training.router_hooks import (
+    after_optimizer_step,
+    begin_router_step,
+    discard_router_step,
+    router_scalars,
+)
 
 
 def check_vocab(recipe: Recipe, tokenizer_vocab: int) -> None:
@@ -63,7 +69,7 @@ class MoELanguageModel(L.LightningModule):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        begin_router_step(self.model.moe_layers, self.global_step)
+        begin_router_step(self.model.moe_layers, updates_taken(self.trainer))
         loss = self._lm_loss(batch)
         aux = self.model.aux_loss().to(loss.device)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the mean over ranks
@@ -82,9 +88,17 @@ class MoELanguageModel(L.LightningModule):
             self.log_dict(metrics)
         return loss + aux
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        after_optimizer_step(self.model.moe_layers)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        with update_overflow(self.trainer, optimizer):
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if step_skipped(self.trainer):  # a dropped step (on_nonfinite: skip) is no update
+            discard_router_step(self.model.moe_layers)
+        else:
+            after_optimizer_step(self.model.moe_layers)
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if not step_skipped(self.trainer):  # the schedule counts updates taken
+            super().lr_scheduler_step(scheduler, metric)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss = self._lm_loss(batch)

@@ -8,10 +8,23 @@ optimizer then leaves every parameter alone) up to `max_nonfinite_skips` steps i
 and what went non-finite. Checkpoints are written only after this check has passed, and a save
 is refused outright if any weight or optimizer state is non-finite (e.g. a finite update that
 overflowed), so the last healthy checkpoint and `last.ckpt` always stay.
+
+Finite but huge optimizer values end the same way, as divergence at the step they break: a step
+coefficient the weights' dtype cannot hold (AdamW raises on `lr / (1 - beta1^t)` beyond float32)
+and an update that overflows the weights (a non-finite weight norm: checked after every update,
+one fused norm and one host read, before a checkpoint or the next forward, which would blame a
+router for what the optimizer did). No bound on lr at validation:
+where it breaks depends on the dtype, the betas and the step, and any too-large lr ends here.
+A skipped step is not an update: `step_skipped` and `updates_taken` let the module keep the router
+hooks and the LR schedule on updates actually taken (Lightning's global_step counts every batch
+stepped, skipped or not, as it does for torch.amp's skipped steps).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -21,6 +34,9 @@ from moelight.errors import TrainingStopped
 from moelight.training.rank_agreement import any_rank
 
 LOSS, GRADS = 0, 1
+NOT_WRITTEN = "no checkpoint of this state was written (the last healthy one is kept)"
+# torch's message when a Python scalar (e.g. AdamW's step size) does not fit the tensor's dtype
+SCALAR_OVERFLOW = re.compile(r"cannot be converted to type .* without overflow")
 
 
 def _grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -39,7 +55,8 @@ def nonfinite_flags(loss: torch.Tensor | None, grads: list[torch.Tensor]) -> tor
 
 
 def nonfinite_tensors(named: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the non-finite tensors (checked in one fused pass)."""
+    """Names of the tensors whose norm is not finite (checked in one fused pass): inf/NaN values,
+    or values so large that their norm overflows, which no forward pass survives either."""
     names = [n for n, t in named.items() if t.is_floating_point() and t.numel()]
     if not names:
         return []
@@ -84,6 +101,8 @@ class NonFiniteGuard(L.Callback):
         self.max_skips = max_skips
         self.skipped_in_a_row = 0
         self.skipped_total = 0
+        self.skipped_last = False  # the last optimizer step was dropped
+        self._updated = False  # an optimizer update ran since the last weights check
         self._loss: torch.Tensor | None = None
 
     def on_before_backward(
@@ -97,14 +116,17 @@ class NonFiniteGuard(L.Callback):
         grads = _grads(optimizer)
         loss_bad, grads_bad = any_rank(nonfinite_flags(self._loss, grads)).tolist()  # the one host sync
         self._loss = None
+        self.skipped_last = False
         if not (loss_bad or grads_bad):
             self.skipped_in_a_row = 0
+            self._updated = True
             return
         step = trainer.global_step + 1
         what = self._describe(pl_module, optimizer, bool(loss_bad), bool(grads_bad))
         if self.policy == "skip" and self.skipped_in_a_row < self.max_skips:
             self.skipped_in_a_row += 1
             self.skipped_total += 1
+            self.skipped_last = True
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None  # optimizers leave parameters without gradients untouched
@@ -119,8 +141,24 @@ class NonFiniteGuard(L.Callback):
             else ""
         )
         raise TrainingStopped(
-            f"training diverged at step {step}: {what}{bound}; no checkpoint of this state was written "
-            "(the last healthy one is kept); lower optim.lr, check the router, or set trainer.on_nonfinite=skip"
+            f"training diverged at step {step}: {what}{bound}; {NOT_WRITTEN}; "
+            "lower optim.lr, check the router, or set trainer.on_nonfinite=skip"
+        )
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """After an update: are the weights still finite? (Before a checkpoint or the next forward.)"""
+        if not self._updated:
+            return
+        self._updated = False
+        params = [p.detach() for p in pl_module.parameters() if p.is_floating_point() and p.numel()]
+        norms = torch._foreach_norm(params) if params else [torch.zeros(())]
+        overflowed = ~torch.isfinite(torch.stack([n.float() for n in norms])).all()
+        if not any_rank(overflowed.float().reshape(1)).item():  # the one host read
+            return
+        bad = where(nonfinite_tensors(dict(pl_module.named_parameters()))) or "on another rank"
+        raise TrainingStopped(
+            f"training diverged at step {trainer.global_step}: the update overflowed the weights ({bad}); "
+            f"{NOT_WRITTEN}; lower optim.lr or optim.weight_decay"
         )
 
     def _describe(self, pl_module, optimizer, loss_bad: bool, grads_bad: bool) -> str:
@@ -170,3 +208,39 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_total = int(state_dict.get("skipped_total", 0))
+
+
+def guard_of(trainer: L.Trainer | None) -> NonFiniteGuard | None:
+    for cb in getattr(trainer, "callbacks", None) or []:
+        if isinstance(cb, NonFiniteGuard):
+            return cb
+    return None
+
+
+def step_skipped(trainer: L.Trainer | None) -> bool:
+    """Whether the optimizer step just taken was dropped by `trainer.on_nonfinite: skip`."""
+    guard = guard_of(trainer)
+    return guard is not None and guard.skipped_last
+
+
+def updates_taken(trainer: L.Trainer) -> int:
+    """Optimizer updates actually applied so far: `global_step` less the skipped steps."""
+    guard = guard_of(trainer)
+    return trainer.global_step - (guard.skipped_total if guard is not None else 0)
+
+
+@contextmanager
+def update_overflow(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """An optimizer step whose coefficients overflow the weights' dtype is divergence, not a crash."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not SCALAR_OVERFLOW.search(str(err)):
+            raise
+        inner = getattr(optimizer, "optimizer", optimizer)  # under Lightning's LightningOptimizer
+        group = inner.param_groups[0]
+        dtype = str(group["params"][0].dtype).removeprefix("torch.")
+        raise TrainingStopped(
+            f"training diverged at step {trainer.global_step + 1}: the {type(inner).__name__} update "
+            f"overflows {dtype} (lr {group['lr']:g}); {NOT_WRITTEN}; lower optim.lr"
+        ) from None

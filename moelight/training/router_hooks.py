@@ -26,3 +26,9 @@ def router_scalars(layers: list[MoELayer]) -> dict[str, float | torch.Tensor]:
 def after_optimizer_step(layers: list[MoELayer]) -> None:
     for layer in layers:
         layer.router.after_optimizer_step()
+
+
+def discard_router_step(layers: list[MoELayer]) -> None:
+    """The step was dropped (on_nonfinite: skip): routers forget what its forwards recorded."""
+    for layer in layers:
+        layer.router.discard_step()

@@ -20,11 +20,13 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from moelight.checkpoint.files import AtomicCheckpointIO
 from moelight.errors import MoelightError
+from moelight.parallel.collective_timeout import strategy_with_timeout
 from moelight.parallel.liveness import RankRegistry
 from moelight.parallel.strategy import ExpertParallelStrategy
 from moelight.recipe import Recipe
 from moelight.training.epochs import EpochBudget
 from moelight.training.nonfinite import NonFiniteGuard
+from moelight.training.outside_loop_signals import TrainingStarted
 from moelight.training.progress import StepProgressBar
 from moelight.training.save_last import SaveLast
 from moelight.training.signals import PreemptionGuard
@@ -84,22 +86,25 @@ def build_loggers(recipe: Recipe) -> list:
 
 
 def strategy_spec(recipe: Recipe) -> tuple[type, dict[str, Any]] | str:
-    """`parallel.expert_parallel` > 1 selects the expert_parallel strategy with that P."""
+    """`parallel.expert_parallel` > 1 selects the expert_parallel strategy with that P.
+    (Its collective timeout is added where the strategy is built: collective_timeout.py.)"""
     if recipe.parallel.expert_parallel > 1:
-        return ExpertParallelStrategy, {
-            "expert_parallel": recipe.parallel.expert_parallel,
-            "timeout": timedelta(seconds=recipe.parallel.collective_timeout_s),
-        }
+        return ExpertParallelStrategy, {"expert_parallel": recipe.parallel.expert_parallel}
     return "auto"
+
+
+def collective_timeout(recipe: Recipe) -> timedelta:
+    return timedelta(seconds=recipe.parallel.collective_timeout_s)
 
 
 def build_strategy(recipe: Recipe):
     spec = strategy_spec(recipe)
+    t = recipe.trainer
     if isinstance(spec, str):
-        return spec
+        return strategy_with_timeout(spec, collective_timeout(recipe), t.accelerator, t.devices, t.num_nodes)
     check_expert_parallel(recipe)
     cls, kwargs = spec
-    return cls(**kwargs)
+    return cls(**kwargs, timeout=collective_timeout(recipe))
 
 
 def check_expert_parallel(recipe: Recipe) -> None:
@@ -117,6 +122,7 @@ def moelight_callbacks(
         EpochBudget(),  # sets max_steps from trainer.max_epochs before the LR schedule is built
         NonFiniteGuard(t.on_nonfinite, t.max_nonfinite_skips),
         PreemptionGuard(),
+        TrainingStarted(),  # after PreemptionGuard: from here on it handles the signals
         RankRegistry(t.out_dir),
     ]
     if progress_bar:
