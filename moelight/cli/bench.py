@@ -398,7 +398,7 @@ SUBCOMMANDS = {"layer": run_layer, "step": run_step, "comm": run_comm, "ep": run
 def run(argv: list[str]) -> int:
     # imported when the verb runs, not with the CLI: `moelight --help` stays fast
     from moelight.bench.comm import INTERCONNECTS
-    from moelight.bench.ep import CONFIG_KEYS
+    from moelight.bench.ep_configs import CONFIG_KEYS
     from moelight.bench.link import PRESETS as LINKS
     from moelight.bench.presets import PRESETS
 
