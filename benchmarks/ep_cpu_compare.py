@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moelight.bench.ep import Candidate, batches_for_rank, free_port, slowest_rank, time_steps
+from moelight.bench.ep import Candidate, batches_for_rank, free_port, per_token, slowest_rank, time_steps
 from moelight.bench.timing import paired_speedups, summarize
 from moelight.parallel.groups import build_groups
 from moelight.recipe import Recipe, load_recipe
@@ -75,17 +75,13 @@ def worker(rank: int, port: int, args: argparse.Namespace) -> None:
 def report(recipe: Recipe, args: argparse.Namespace, results: dict) -> None:
     rows = []
     for name, r in results.items():
-        c, ms = r["counters"], r["step_ms"]
-        tokens = c["tokens"]
+        ms = r["step_ms"]
         baseline = results[name.split(" / ")[0] + " / per_expert"]["step_ms"]
         speedups = sorted(paired_speedups(baseline, ms))
         rows.append(
             {
                 "config": name,
-                "rows_per_token": c["rows"] / tokens,
-                "remote_rows_per_token": c["remote_rows"] / tokens,
-                "all2all_bytes_per_token": c["bytes"] / tokens,
-                "devices_per_token": c["device_visits"] / tokens,
+                **per_token(r["counters"]),
                 "step": summarize(ms).as_dict(),
                 "speedup_vs_per_expert_median": speedups[len(speedups) // 2],
             }
@@ -97,7 +93,7 @@ def report(recipe: Recipe, args: argparse.Namespace, results: dict) -> None:
         s = r["step"]
         print(
             f"{r['config']:<20}{r['rows_per_token']:>9.3f}{r['remote_rows_per_token']:>11.3f}"
-            f"{r['all2all_bytes_per_token']:>11.1f}{r['devices_per_token']:>9.3f}{s['median_ms']:>10.1f}"
+            f"{r['bytes_per_token']:>11.1f}{r['devices_per_token']:>9.3f}{s['median_ms']:>10.1f}"
             f"{s['iqr_ms']:>8.1f}{r['speedup_vs_per_expert_median']:>14.3f}x"
         )
     m = recipe.model

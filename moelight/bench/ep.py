@@ -120,6 +120,17 @@ class Candidate:
         return dict(zip(COUNTERS, counts.tolist()))
 
 
+def per_token(counters: dict[str, float]) -> dict[str, float]:
+    """Rows, remote rows, all2all bytes (both directions) and distinct devices per token."""
+    tokens = counters["tokens"]
+    return {
+        "rows_per_token": counters["rows"] / tokens,
+        "remote_rows_per_token": counters["remote_rows"] / tokens,
+        "bytes_per_token": counters["bytes"] / tokens,
+        "devices_per_token": counters["device_visits"] / tokens,
+    }
+
+
 def time_steps(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Every rank times the same configuration's step together, round-robin across configurations
     (`interleaved`), a barrier before each so no rank starts a step while another is still behind."""
@@ -359,7 +370,6 @@ def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str,
         rows = []
         for name, r in configs.items():
             c = r["counters"]
-            tokens = c["tokens"]
             ratios = paired_speedups(base_ms, r["step_ms"])
             slots = 1 if name == BASELINE else m.top_k  # metadata slots per row (per-expert rows: 1)
             counted_bytes, pred = predicted_ms(
@@ -370,10 +380,7 @@ def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str,
             rows.append(
                 {
                     "config": name,
-                    "rows_per_token": c["rows"] / tokens,
-                    "remote_rows_per_token": c["remote_rows"] / tokens,
-                    "bytes_per_token": c["bytes"] / tokens,
-                    "devices_per_token": c["device_visits"] / tokens,
+                    **per_token(c),
                     "step": step,
                     "all2all_ms": blocked,
                     "all2all_q1_ms": quantile(r["all2all_ms"], 0.25),
