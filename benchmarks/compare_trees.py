@@ -57,6 +57,18 @@ def interpreter(tree: Path) -> tuple[str, dict[str, str]]:
     return sys.executable, {**env, "PYTHONPATH": str(tree)}
 
 
+def check_imports_from(tree: Path) -> None:
+    """The tree's interpreter must import moelight from the tree (a stale editable install elsewhere
+    would silently benchmark the wrong code)."""
+    python, env = interpreter(tree)
+    code = "import moelight; print(moelight.__file__)"
+    found = subprocess.run([python, "-c", code], cwd=tree, env=env, capture_output=True, text=True)
+    if not found.stdout.strip().startswith(str(tree)):
+        raise SystemExit(
+            f"{python} imports moelight from {found.stdout.strip() or found.stderr[-300:]}, not from {tree}"
+        )
+
+
 def run(tree: Path, args: list[str], log: Path) -> None:
     python, env = interpreter(tree)
     with log.open("w") as out:
@@ -184,6 +196,8 @@ def main(argv: list[str]) -> None:
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
+    for tree in trees.values():
+        check_imports_from(tree)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
