@@ -24,41 +24,17 @@ import argparse
 import csv
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from stages import fit_run, profile_run, slug  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 BASE = "base (top-k)"
 TOPK = "top-k"
-
-
-def _fit(recipe_file: Path, overrides: list[str], out_dir: Path, reuse: bool) -> tuple[Path, float]:
-    from moelight.cli.fit import fit
-    from moelight.recipe import load_recipe
-
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
-    if reuse and ckpt.is_file():
-        print(f"reuse {ckpt}")
-        return ckpt, float("nan")
-    recipe = load_recipe(recipe_file, [*overrides, f"trainer.out_dir={out_dir}"])
-    start = time.perf_counter()
-    code = fit(recipe)
-    if code != 0 or not ckpt.is_file():
-        raise SystemExit(f"training {out_dir} failed (exit {code})")
-    return ckpt, time.perf_counter() - start
-
-
-def _profile(ckpt: Path, out_dir: Path, reuse: bool) -> dict[str, Any]:
-    from moelight.cli.profile import profile
-
-    meta_file = out_dir / "profile.json"
-    if not (reuse and meta_file.is_file()):
-        profile(str(ckpt), str(out_dir), devices=[2, 4], quiet=True)
-    return json.loads(meta_file.read_text())
 
 
 def _train_loss(out_dir: Path) -> tuple[list[float], list[float]]:
@@ -112,10 +88,6 @@ def _mean(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/c2r-workflow", help="run directory (checkpoints, profiles, JSON)")
@@ -146,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         f"trainer.checkpoint_every_n_steps={args.base_steps}",
         *quiet,
     ]
-    base_ckpt, timings["base"] = _fit(RECIPES / "quickstart.yaml", base_overrides, out / "base", args.reuse)
+    base_ckpt, timings["base"] = fit_run(
+        RECIPES / "quickstart.yaml", base_overrides, out / "base", args.reuse
+    )
 
     # (b) its collaboration profile: the C2R arms route with these collaborator lists.
     print("== (b) profile the base model")
     base_profile = out / "base" / "profile"
-    base_meta = _profile(base_ckpt, base_profile, args.reuse)
+    base_meta = profile_run(base_ckpt, base_profile, args.reuse)
 
     # (c) continued training, identical for every arm except the router (and the seed).
     arms: list[tuple[str, str, list[str]]] = [(TOPK, "topk", ["router.name=topk"])]
@@ -162,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, router, extra in arms:
         runs[name] = {"router": router, "dirs": [], "metas": {}}
         for seed in seeds:
-            run_dir = out / f"{_slug(name)}_seed{seed}"
+            run_dir = out / f"{slug(name)}_seed{seed}"
             overrides = [
                 f"model.init_from={base_ckpt}",
                 f"profile.path={base_profile}",
@@ -174,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                 *extra,
             ]
             print(f"== (c) {name}, seed {seed}: {args.steps} steps from the base checkpoint")
-            ckpt, timings[f"{name} s{seed}"] = _fit(
+            ckpt, timings[f"{name} s{seed}"] = fit_run(
                 RECIPES / "c2r-finetune.yaml", overrides, run_dir, args.reuse
             )
             print(f"== (d) profile {name}, seed {seed}")
             runs[name]["dirs"].append(run_dir)
-            runs[name]["metas"][seed] = _profile(ckpt, run_dir / "profile", args.reuse)
+            runs[name]["metas"][seed] = profile_run(ckpt, run_dir / "profile", args.reuse)
 
     # (d) the report.
     for run in runs.values():

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -31,8 +30,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moelight.bench.ep import COUNTERS, Candidate, batches_for_rank
-from moelight.bench.timing import interleaved, paired_speedups, summarize
+from moelight.bench.ep import Candidate, batches_for_rank, free_port, per_token, slowest_rank, time_steps
+from moelight.bench.timing import paired_speedups, summarize
 from moelight.parallel.groups import build_groups
 from moelight.recipe import Recipe, load_recipe
 
@@ -62,23 +61,12 @@ def worker(rank: int, port: int, args: argparse.Namespace) -> None:
         for name, extra in configurations(base).items()
     }
     for c in candidates.values():  # warm-up, then count only the timed steps
-        for _ in range(args.warmup):
-            c.step()
-        c.reset_counters()
-    times = interleaved(
-        {name: c.step for name, c in candidates.items()},
-        repeats=args.steps,
-        warmup=0,
-        device=torch.device("cpu"),
-        before=lambda name: dist.barrier(),
-    )
-    results = {}
-    for name, c in candidates.items():
-        counts = torch.tensor([c.counters()[k] for k in COUNTERS], dtype=torch.float64)
-        dist.all_reduce(counts)
-        slowest = torch.tensor(times[name], dtype=torch.float64)
-        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-        results[name] = {"counters": dict(zip(COUNTERS, counts.tolist())), "step_ms": slowest.tolist()}
+        c.warm_up(args.warmup)
+    times = time_steps({name: c.step for name, c in candidates.items()}, args.steps)
+    results = {
+        name: {"counters": c.counters_all_ranks(), "step_ms": slowest_rank(times[name])}
+        for name, c in candidates.items()
+    }
     if rank == 0:
         report(base, args, results)
     dist.destroy_process_group()
@@ -87,17 +75,13 @@ def worker(rank: int, port: int, args: argparse.Namespace) -> None:
 def report(recipe: Recipe, args: argparse.Namespace, results: dict) -> None:
     rows = []
     for name, r in results.items():
-        c, ms = r["counters"], r["step_ms"]
-        tokens = c["tokens"]
+        ms = r["step_ms"]
         baseline = results[name.split(" / ")[0] + " / per_expert"]["step_ms"]
         speedups = sorted(paired_speedups(baseline, ms))
         rows.append(
             {
                 "config": name,
-                "rows_per_token": c["rows"] / tokens,
-                "remote_rows_per_token": c["remote_rows"] / tokens,
-                "all2all_bytes_per_token": c["bytes"] / tokens,
-                "devices_per_token": c["device_visits"] / tokens,
+                **per_token(r["counters"]),
                 "step": summarize(ms).as_dict(),
                 "speedup_vs_per_expert_median": speedups[len(speedups) // 2],
             }
@@ -109,7 +93,7 @@ def report(recipe: Recipe, args: argparse.Namespace, results: dict) -> None:
         s = r["step"]
         print(
             f"{r['config']:<20}{r['rows_per_token']:>9.3f}{r['remote_rows_per_token']:>11.3f}"
-            f"{r['all2all_bytes_per_token']:>11.1f}{r['devices_per_token']:>9.3f}{s['median_ms']:>10.1f}"
+            f"{r['bytes_per_token']:>11.1f}{r['devices_per_token']:>9.3f}{s['median_ms']:>10.1f}"
             f"{s['iqr_ms']:>8.1f}{r['speedup_vs_per_expert_median']:>14.3f}x"
         )
     m = recipe.model
@@ -134,12 +118,6 @@ def report(recipe: Recipe, args: argparse.Namespace, results: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
     print(f"wrote {out}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str]) -> None:

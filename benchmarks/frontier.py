@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stages import fit_run, profile_run, slug  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "frontier.yaml"
@@ -80,36 +81,9 @@ def arms(num_experts: int, top_ts: list[int], bias_rates: list[float]) -> list[A
     return out
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
-
-
 def _router_overrides(router: dict[str, Any]) -> list[str]:
     # Merged into the recipe's router section ({name: topk, aux_loss_coef: 0.01}).
     return [f"router.{k}={v}" for k, v in router.items()]
-
-
-def _fit(overrides: list[str], out_dir: Path, reuse: bool) -> tuple[Path, float]:
-    from moelight.cli.fit import fit
-    from moelight.recipe import load_recipe
-
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
-    if reuse and ckpt.is_file():
-        return ckpt, float("nan")
-    recipe = load_recipe(RECIPE, [*overrides, f"trainer.out_dir={out_dir}"])
-    start = time.perf_counter()
-    code = fit(recipe)
-    if code != 0 or not ckpt.is_file():
-        raise SystemExit(f"training {out_dir} failed (exit {code})")
-    return ckpt, time.perf_counter() - start
-
-
-def _profile(ckpt: Path, out_dir: Path, reuse: bool, max_tokens: int | None) -> dict[str, Any]:
-    from moelight.cli.profile import profile
-
-    if not (reuse and (out_dir / "profile.json").is_file()):
-        profile(str(ckpt), str(out_dir), max_tokens=max_tokens, devices=[2, 4], quiet=True)
-    return json.loads((out_dir / "profile.json").read_text())
 
 
 def _devices_per_token(profile_dir: Path, placement) -> float:
@@ -138,9 +112,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(job["threads"])
     run_dir = Path(job["run_dir"])
-    ckpt, seconds = _fit(job["overrides"], run_dir, job["reuse"])
+    ckpt, seconds = fit_run(RECIPE, job["overrides"], run_dir, job["reuse"])
     prof_dir = run_dir / "profile"
-    meta = _profile(ckpt, prof_dir, job["reuse"], job["val_tokens"])
+    meta = profile_run(ckpt, prof_dir, job["reuse"], job["val_tokens"])
     layers, e = meta["num_layers"], meta["num_experts"]
     base = _base_placements(Path(job["base_profile"]), layers, e)
     out = {
@@ -202,13 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         f"trainer.val_check_interval={args.base_steps}",
         f"trainer.checkpoint_every_n_steps={args.base_steps}",
     ]
-    base_ckpt, base_s = _fit([*steps, *quiet], out / "base", args.reuse)
+    base_ckpt, base_s = fit_run(RECIPE, [*steps, *quiet], out / "base", args.reuse)
     print("== (b) profile the base model")
     base_profile = out / "base" / "profile"
     # The base's collaborator lists and placements come from the whole validation split; its row in
     # the table is measured on the same tokens as every arm.
-    base_meta = _profile(base_ckpt, base_profile, args.reuse, None)
-    base_eval = _profile(base_ckpt, out / "base" / "profile-eval", args.reuse, args.val_tokens)
+    base_meta = profile_run(base_ckpt, base_profile, args.reuse, None)
+    base_eval = profile_run(base_ckpt, out / "base" / "profile-eval", args.reuse, args.val_tokens)
     layers, e = base_meta["num_layers"], base_meta["num_experts"]
     placement_lists = _write_placement_lists(base_profile, layers, e)
 
@@ -235,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 *quiet,
                 *_router_overrides(arm.router),
             ]
-            run_dir = out / f"{_slug(arm.name)}_seed{seed}"
+            run_dir = out / f"{slug(arm.name)}_seed{seed}"
             jobs.append(
                 (
                     arm.name,

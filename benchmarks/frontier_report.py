@@ -35,6 +35,10 @@ def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, s
     return front
 
 
+def times_spread(delta: float, top_spread: float) -> str:
+    return f"{delta / top_spread:.1f}× the spread" if top_spread else "one seed: no spread to compare with"
+
+
 def spread(arm: dict[str, Any]) -> float:
     losses = [r["val_loss"] for r in arm["per_seed"].values()]
     return max(losses) - min(losses)
@@ -245,7 +249,7 @@ Reproduce (writes this page, `docs/frontier-p2.png`, `docs/frontier-p4.png`; run
 {table(record)}
 
 Top-k's own seed spread (max − min of its {len(record["seeds"])} seeds): **{top_spread:.4f} nats**; the median
-|mean Δ| of the other arms is {median_delta:.4f} nats ({median_delta / top_spread:.1f}× the spread).
+|mean Δ| of the other arms is {median_delta:.4f} nats ({times_spread(median_delta, top_spread)}).
 
 **How this recipe was chosen.** The C2R report's quickstart model has 8 experts (2 per device on 4
 devices, too few for device limits or placement candidates to differ) and its top-k seed spread

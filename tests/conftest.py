@@ -5,9 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 # The C2R paper's released routing statistics, shipped in the repository (data/c2r-paper/README.md).
 C2R_PAPER_DATA = Path(__file__).resolve().parents[1] / "data" / "c2r-paper"
+
+
+@pytest.fixture(autouse=True)
+def rank_zero_restored():
+    """Lightning keeps this process's rank in a global, `rank_zero_only.rank`, which building a
+    multi-process Trainer sets (DDPStrategy.set_world_ranks) and a single-device Trainer never
+    resets. A test that builds one for rank 1 in-process (test_lightning_cli's SLURM test) would
+    silence every rank-zero-only call after it: later fits in the session log no CSV rows."""
+    rank = rank_zero_only.rank
+    yield
+    rank_zero_only.rank = rank
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from moelight.bench import netns
 from moelight.bench.comm import Interconnect, grouplocal_bytes_per_layer, link_time_ms
+from moelight.bench.ep_configs import BASELINE, CONFIG_KEYS, configurations
 from moelight.bench.link import (
     PRESETS,
     PUBLISHED_SHARES,
@@ -55,10 +57,7 @@ from moelight.parallel.groups import build_groups
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.optim import build_optimizer
 
-ROOT = Path(__file__).resolve().parents[2]
-PROFILE = ROOT / "recipes" / "profiles" / "quickstart-topk"
 COUNTERS = ("tokens", "rows", "remote_rows", "bytes", "device_visits")
-BASELINE = "topk / per-expert"
 
 
 class Candidate:
@@ -100,12 +99,51 @@ class Candidate:
         for layer in self.model.moe_layers:
             layer.dispatcher.stats.reset()
 
+    def warm_up(self, steps: int) -> None:
+        """From the first batch again: `steps` untimed steps, then the counters start from zero."""
+        self.i = 0
+        for _ in range(steps):
+            self.step()
+        self.reset_counters()
+
     def counters(self) -> dict[str, int]:
         out = dict.fromkeys(COUNTERS, 0)
         for layer in self.model.moe_layers:
             for key in COUNTERS:
                 out[key] += getattr(layer.dispatcher.stats, key)
         return out
+
+    def counters_all_ranks(self) -> dict[str, float]:
+        """`counters()` summed over every rank (a collective: all ranks call it together)."""
+        counts = torch.tensor([self.counters()[k] for k in COUNTERS], dtype=torch.float64)
+        dist.all_reduce(counts)
+        return dict(zip(COUNTERS, counts.tolist()))
+
+
+def per_token(counters: dict[str, float]) -> dict[str, float]:
+    """Rows, remote rows, all2all bytes (both directions) and distinct devices per token."""
+    tokens = counters["tokens"]
+    return {
+        "rows_per_token": counters["rows"] / tokens,
+        "remote_rows_per_token": counters["remote_rows"] / tokens,
+        "bytes_per_token": counters["bytes"] / tokens,
+        "devices_per_token": counters["device_visits"] / tokens,
+    }
+
+
+def time_steps(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Every rank times the same configuration's step together, round-robin across configurations
+    (`interleaved`), a barrier before each so no rank starts a step while another is still behind."""
+    return interleaved(
+        steps, repeats=repeats, warmup=0, device=torch.device("cpu"), before=lambda name: dist.barrier()
+    )
+
+
+def slowest_rank(times_ms: list[float]) -> list[float]:
+    """Per step, the slowest rank's time (a collective): what the step cost the job."""
+    t = torch.tensor(times_ms, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
 
 
 def batches_for_rank(recipe: Recipe, world: int, rank: int, count: int) -> list:
@@ -117,39 +155,6 @@ def batches_for_rank(recipe: Recipe, world: int, rank: int, count: int) -> list:
         items = [data.train_dataset[next(sampler)] for _ in range(recipe.data.batch_size)]
         out.append((torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])))
     return out
-
-
-CONFIG_KEYS = ("per-expert", "grouplocal", "c2r-profile", "c2r-placement", "overlap")
-
-
-def configurations(
-    procs: int, num_experts: int, top_t: int, keys: tuple[str, ...] = CONFIG_KEYS
-) -> dict[str, list[str]]:
-    """Label -> recipe overrides (on top of the recipe and `dispatcher.name=grouplocal`)."""
-    per_device = num_experts // procs
-    placement = ["router.name=c2r", "router.collaborators=placement", f"router.top_t={per_device - 1}"]
-    profile = [
-        "router.name=c2r",
-        "router.collaborators=profile",
-        f"router.top_t={top_t}",
-        f"profile.path={PROFILE}",
-        f"parallel.placement={PROFILE / f'placement-{procs}.json'}",
-    ]
-    blocking = ["dispatcher.overlap=false"]
-    table = {
-        "per-expert": (BASELINE, ["dispatcher.rows=per_expert", *blocking]),
-        "grouplocal": ("topk / grouplocal", ["dispatcher.rows=per_device", *blocking]),
-        "c2r-profile": (
-            "c2r profile+placement / grouplocal",
-            [*profile, "dispatcher.rows=per_device", *blocking],
-        ),
-        "c2r-placement": (
-            "c2r placement / grouplocal",
-            [*placement, "dispatcher.rows=per_device", *blocking],
-        ),
-        "overlap": ("c2r placement / grouplocal+overlap", [*placement, "dispatcher.rows=per_device"]),
-    }
-    return dict(table[k] for k in CONFIG_KEYS if k in keys or k == "per-expert")
 
 
 @dataclass
@@ -269,10 +274,7 @@ def worker(rank: int, port: int, args: Args, out_file: str) -> None:
         dist.barrier()
         COMM.latency_s = link.latency_s
         for c in candidates.values():  # warm-up (also re-fills the token bucket), then count
-            c.i = 0
-            for _ in range(args.warmup):
-                c.step()
-            c.reset_counters()
+            c.warm_up(args.warmup)
         log: dict[str, list[tuple[float, int, list[float]]]] = {name: [] for name in candidates}
 
         def timed(name: str, log=log):
@@ -283,24 +285,17 @@ def worker(rank: int, port: int, args: Args, out_file: str) -> None:
 
             return run
 
-        times = interleaved(
-            {name: timed(name) for name in candidates},
-            repeats=args.steps,
-            warmup=0,
-            device=torch.device("cpu"),
-            before=lambda name: dist.barrier(),
-        )
+        times = time_steps({name: timed(name) for name in candidates}, args.steps)
         per_config = {}
         for name, c in candidates.items():
-            counts = torch.tensor([c.counters()[k] for k in COUNTERS], dtype=torch.float64)
-            dist.all_reduce(counts)
-            step_ms = _gather(times[name]).max(0).values.tolist()
+            counters = c.counters_all_ranks()
+            step_ms = slowest_rank(times[name])
             blocked = _gather([e[0] * 1e3 for e in log[name]])
             sent = _gather([e[1] for e in log[name]])
             skew = _gather([e[3] * 1e3 for e in log[name]])
             calls = [len(e[2]) for e in log[name]]
             per_config[name] = {
-                "counters": dict(zip(COUNTERS, counts.tolist())),
+                "counters": counters,
                 "step_ms": step_ms,
                 "all2all_ms": blocked.mean(0).tolist(),
                 "all2all_ms_per_rank": blocked.tolist(),
@@ -314,7 +309,7 @@ def worker(rank: int, port: int, args: Args, out_file: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -330,7 +325,7 @@ def run(args: Args) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "results.json")
         start = time.perf_counter()
-        mp.spawn(worker, args=(_free_port(), args, out), nprocs=args.procs)
+        mp.spawn(worker, args=(free_port(), args, out), nprocs=args.procs)
         raw = json.loads(Path(out).read_text())
     return assemble(args, base, raw, time.perf_counter() - start)
 
@@ -375,7 +370,6 @@ def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str,
         rows = []
         for name, r in configs.items():
             c = r["counters"]
-            tokens = c["tokens"]
             ratios = paired_speedups(base_ms, r["step_ms"])
             slots = 1 if name == BASELINE else m.top_k  # metadata slots per row (per-expert rows: 1)
             counted_bytes, pred = predicted_ms(
@@ -386,10 +380,7 @@ def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str,
             rows.append(
                 {
                     "config": name,
-                    "rows_per_token": c["rows"] / tokens,
-                    "remote_rows_per_token": c["remote_rows"] / tokens,
-                    "bytes_per_token": c["bytes"] / tokens,
-                    "devices_per_token": c["device_visits"] / tokens,
+                    **per_token(c),
                     "step": step,
                     "all2all_ms": blocked,
                     "all2all_q1_ms": quantile(r["all2all_ms"], 0.25),

@@ -13,7 +13,7 @@ from jsonargparse import Namespace
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from rich.console import Console
 
-from moelight.bench import comm, ep, link, netns
+from moelight.bench import comm, ep_configs, link, netns
 from moelight.bench.candidates import parse_candidates
 from moelight.bench.layer import bench_layer
 from moelight.bench.presets import DTYPES, PRESETS, get_preset, shape_from
@@ -140,7 +140,7 @@ def parser() -> VerbParser:
 
     e = p.subcommand("ep", "expert-parallel training steps over an emulated interconnect", EP)
     e.add_argument(
-        "recipe", nargs="?", metavar="RECIPE.yaml", default=str(Path(ep.ROOT) / "recipes" / "ep-bench.yaml")
+        "recipe", nargs="?", metavar="RECIPE.yaml", default=str(Path(ep_configs.ROOT) / "recipes" / "ep-bench.yaml")
     )
     e.add_argument(
         "--link",
@@ -166,8 +166,8 @@ def parser() -> VerbParser:
     e.add_argument("--burst", type=PositiveInt, default=2000, help="bytes of the link's token bucket")
     e.add_argument(
         "--configs",
-        type=CommaList(choices=ep.CONFIG_KEYS),
-        default=list(ep.CONFIG_KEYS),
+        type=CommaList(choices=ep_configs.CONFIG_KEYS),
+        default=list(ep_configs.CONFIG_KEYS),
         help="a subset (the per-expert baseline always runs)",
     )
     e.add_argument("--json", metavar="PATH", help=JSON)
@@ -299,6 +299,10 @@ def run_ep(a: Namespace, argv: list[str]) -> int:
     if any(n != "none" for n in links) and not netns.in_namespace():
         netns.require()
         return netns.run_in_namespace(["bench", *argv])
+    # the training stack (Lightning, the model) is imported when `bench ep` runs, not for every
+    # `moelight bench` command: it triples their start-up time
+    from moelight.bench import ep
+
     overrides = ["dispatcher.name=grouplocal", f"parallel.expert_parallel={a.procs}", *a.overrides]
     args = ep.Args(
         recipe=a.recipe,
