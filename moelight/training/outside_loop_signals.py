@@ -1,13 +1,14 @@
 """SIGTERM / SIGINT outside the training loop, where PreemptionGuard (signals.py) is not in charge.
 
 `moelight fit` runs inside `signals_outside_training()`:
-- Before training starts (parsing, run-directory preparation, data loading, model build,
-  checkpoint restore) nothing is worth saving, so the handler raises `Interrupted` at once and the
+- Before `fit` sets up (parsing, run-directory preparation, building the data module and the
+  model object) nothing is worth saving, so the handler raises `Interrupted` at once and the
   CLI exits 143 (SIGTERM) / 130 (SIGINT) with "interrupted before training started, nothing saved".
   Blocks that write to the run directory (moving an earlier run aside, recipe.yaml) run under
   `held()`: a signal waits until they are done, so they are never left half done, and earlier
   checkpoints are never touched.
-- From `on_train_start` PreemptionGuard records signals and stops at the next step boundary.
+- From `fit`'s setup (model build and checkpoint restore included) PreemptionGuard's handler is
+  in: it records signals, and every rank stops at the next step boundary.
 - After the last step's boundary (final validation, final save, teardown) a signal is recorded
   only: the final checkpoint completes, and the exit status is still 143 / 130 (`late_signal`).
   The process was asked to stop, and a script or scheduler that sent the signal must not read
