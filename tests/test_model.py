@@ -25,8 +25,13 @@ def test_future_tokens_do_not_change_past_logits():
 def test_moe_every_shared_expert_and_untied_head():
     recipe = load_recipe(
         None,
-        SMALL + ["model.moe_every=2", "model.shared_expert_ffn_hidden_size=24", "model.shared_expert_gate=true",
-                 "model.tie_embeddings=false"],
+        SMALL
+        + [
+            "model.moe_every=2",
+            "model.shared_expert_ffn_hidden_size=24",
+            "model.shared_expert_gate=true",
+            "model.tie_embeddings=false",
+        ],
     )
     model = build_model(recipe)
     kinds = [type(b.ffn) for b in model.blocks]

@@ -140,7 +140,10 @@ def parser() -> VerbParser:
 
     e = p.subcommand("ep", "expert-parallel training steps over an emulated interconnect", EP)
     e.add_argument(
-        "recipe", nargs="?", metavar="RECIPE.yaml", default=str(Path(ep_configs.ROOT) / "recipes" / "ep-bench.yaml")
+        "recipe",
+        nargs="?",
+        metavar="RECIPE.yaml",
+        default=str(Path(ep_configs.ROOT) / "recipes" / "ep-bench.yaml"),
     )
     e.add_argument(
         "--link",
