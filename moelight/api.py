@@ -16,7 +16,6 @@ from moelight.kernels.row_plan import row_plan
 from moelight.kernels.token_slots import token_slots
 from moelight.moe.dispatch import Dispatcher, DispatchStats, ExpertParallelContext
 from moelight.moe.expert_bias import (
-    discard_expert_load,
     record_expert_load,
     register_expert_bias,
     update_expert_bias,
@@ -92,7 +91,6 @@ __all__ = [
     "standard_routing",
     "token_slots",
     "update_expert_bias",
-    "discard_expert_load",
     "wait_all_to_all",
     "z_loss",
 ]

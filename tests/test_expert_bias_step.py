@@ -9,6 +9,7 @@ step on all ranks.
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from probe_plugin import probe_module, write_probe
 
 from moelight.api import LayerContext, routers
 from moelight.cli.main import main
+from moelight.training.router_hooks import discard_router_step
 
 D, E, K, T = 16, 8, 2, 64
 RATE = 0.01
@@ -102,11 +104,11 @@ def test_a_step_without_optimizer_step_leaves_no_load_behind():
 @pytest.mark.parametrize("kind", sorted(ROUTERS))
 def test_a_dropped_step_leaves_no_load_behind(kind):
     """A step dropped by `on_nonfinite: skip` keeps the step number (no update was taken): the
-    trainer calls `discard_step`, and the next update counts only the next step's forwards."""
+    trainer discards the routers' step, and the next update counts only the next step's forwards."""
     router = build(kind).train()
     router.begin_step(3)
     router(torch.randn(T, D) + 3.0)  # this step goes non-finite and is dropped
-    router.discard_step()
+    discard_router_step([SimpleNamespace(router=router)])  # what the trainer calls on a dropped step
     router.begin_step(3)  # the same number: updates taken did not advance
     start = router.expert_bias.clone()
     chosen = [router(torch.randn(T, D)).experts]

@@ -66,7 +66,8 @@ class Router(nn.Module):
 
     def discard_step(self) -> None:
         """Called instead of `after_optimizer_step` when the trainer dropped the step
-        (`trainer.on_nonfinite: skip`): forget what this step's forwards recorded."""
+        (`trainer.on_nonfinite: skip`): forget what this step's forwards recorded. (The trainer itself
+        clears the expert load of `register_expert_bias`.)"""
 
     def log_scalar(self, name: str, value: float | torch.Tensor) -> None:
         """Report a scalar for this step; the trainer logs it as `router/<name>/l<layer index>`."""

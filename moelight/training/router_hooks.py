@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from moelight.model.moe_layer import MoELayer
+from moelight.moe.expert_bias import discard_expert_load
 
 
 def begin_router_step(layers: list[MoELayer], step: int) -> None:
@@ -29,6 +30,8 @@ def after_optimizer_step(layers: list[MoELayer]) -> None:
 
 
 def discard_router_step(layers: list[MoELayer]) -> None:
-    """The step was dropped (on_nonfinite: skip): routers forget what its forwards recorded."""
+    """The step was dropped (on_nonfinite: skip): routers forget what its forwards recorded, the
+    expert load of an expert bias (register_expert_bias) included, and their own state."""
     for layer in layers:
+        discard_expert_load(layer.router)
         layer.router.discard_step()

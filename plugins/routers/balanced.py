@@ -31,7 +31,6 @@ from moelight.api import (
     apply_route_scale,
     build_gate,
     cv_balance_loss,
-    discard_expert_load,
     expert_counts,
     finish_routing,
     record_expert_load,
@@ -155,6 +154,3 @@ class BalancedRouter(Router):
     def after_optimizer_step(self) -> None:
         if self.params.method == "bias":
             update_expert_bias(self, self.params.bias_update_rate)
-
-    def discard_step(self) -> None:
-        discard_expert_load(self)

@@ -36,7 +36,6 @@ from moelight.api import (
     apply_route_scale,
     build_gate,
     cv_balance_loss,
-    discard_expert_load,
     expert_counts,
     finish_routing,
     is_collaborator_list,
@@ -238,9 +237,6 @@ class C2RRouter(Router):
     def after_optimizer_step(self) -> None:
         if self.params.bias_update_rate:
             update_expert_bias(self, self.params.bias_update_rate)
-
-    def discard_step(self) -> None:
-        discard_expert_load(self)
 
     def _bar(
         self, top_values: torch.Tensor, logits: torch.Tensor, top1: torch.Tensor, k: int

@@ -26,7 +26,6 @@ from moelight.api import (
     Router,
     Routing,
     StandardRoutingParams,
-    discard_expert_load,
     finish_routing,
     record_expert_load,
     register_expert_bias,
@@ -141,6 +140,3 @@ class DeviceLimitedRouter(Router):
     def after_optimizer_step(self) -> None:
         if self.params.bias_update_rate:
             update_expert_bias(self, self.params.bias_update_rate)
-
-    def discard_step(self) -> None:
-        discard_expert_load(self)
