@@ -43,14 +43,18 @@ def _grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
 
 
+def finite_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[n] bool: whether each tensor's norm is finite (one fused kernel, no host sync); a norm
+    that overflows means values no forward pass survives either."""
+    norms = torch._foreach_norm(tensors)
+    return torch.isfinite(torch.stack([n.float() for n in norms]))
+
+
 def nonfinite_flags(loss: torch.Tensor | None, grads: list[torch.Tensor]) -> torch.Tensor:
     """[loss not finite, some gradient not finite] as a float tensor, without a host sync."""
     device = grads[0].device if grads else (loss.device if loss is not None else "cpu")
     loss_bad = ~torch.isfinite(loss.detach().float()) if loss is not None else torch.tensor(False)
-    grads_bad = torch.tensor(False, device=device)
-    if grads:
-        norms = torch._foreach_norm(grads)  # one fused kernel over all gradients
-        grads_bad = ~torch.isfinite(torch.stack([n.float() for n in norms])).all()
+    grads_bad = ~finite_norms(grads).all() if grads else torch.tensor(False, device=device)
     return torch.stack([loss_bad.to(device), grads_bad]).float()
 
 
@@ -60,8 +64,7 @@ def nonfinite_tensors(named: dict[str, torch.Tensor]) -> list[str]:
     names = [n for n, t in named.items() if t.is_floating_point() and t.numel()]
     if not names:
         return []
-    norms = torch._foreach_norm([named[n].detach() for n in names])
-    ok = torch.isfinite(torch.stack([x.float() for x in norms])).tolist()
+    ok = finite_norms([named[n].detach() for n in names]).tolist()
     return [n for n, good in zip(names, ok) if not good]
 
 
@@ -151,8 +154,7 @@ class NonFiniteGuard(L.Callback):
             return
         self._updated = False
         params = [p.detach() for p in pl_module.parameters() if p.is_floating_point() and p.numel()]
-        norms = torch._foreach_norm(params) if params else [torch.zeros(())]
-        overflowed = ~torch.isfinite(torch.stack([n.float() for n in norms])).all()
+        overflowed = ~finite_norms(params).all() if params else torch.tensor(False)
         if not any_rank(overflowed.float().reshape(1)).item():  # the one host read
             return
         bad = where(nonfinite_tensors(dict(pl_module.named_parameters()))) or "on another rank"
