@@ -9,8 +9,9 @@ from rich.markup import escape
 
 from moelight.cli.verb_parser import VerbParser
 from moelight.hf.architectures import architectures
-from moelight.hf.convert_dirs import DTYPES, export_from_checkpoint, import_to_dir
+from moelight.hf.convert_dirs import export_from_checkpoint, import_to_dir
 from moelight.hf.router_swap import as_topk, record_dropped
+from moelight.model.init_from import DTYPES
 
 IMPORT = """Read a local Hugging Face checkpoint directory (config.json + *.safetensors) and write
 DIR/model.safetensors (moelight names), DIR/recipe.yaml (model section, `topk` router with the HF

@@ -9,10 +9,9 @@ import torch
 
 from moelight.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from moelight.errors import MoelightError
+from moelight.model.init_from import DTYPES
 from moelight.model.load import load_checkpoint
 from moelight.recipe import Recipe
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass

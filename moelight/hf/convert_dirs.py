@@ -21,8 +21,6 @@ from moelight.hf.importer import Imported, import_hf
 from moelight.model.init_from import read_checkpoint
 from moelight.recipe import load_recipe, validate_recipe
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 TOKENIZER_FILES = {
     "vocab.json",
     "vocab.txt",

@@ -21,6 +21,9 @@ from moelight.moe.experts import ExpertWeights
 from moelight.parallel.checkpoint import consolidated_file
 from moelight.recipe import read_recipe_dict
 
+# The weight dtypes a user may name when loading a model (`moelight eval`, `moelight convert`).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 MODEL_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
 CKPT_PREFIX = "model."  # the training module holds the transformer as `self.model`
