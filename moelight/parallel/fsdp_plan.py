@@ -16,6 +16,7 @@ gradients and optimizer state in CPU memory (the optimizer steps there).
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -38,6 +39,8 @@ def shard_model(
     for layer in model.moe_layers:
         experts = fully_shard(layer.experts, mesh=expert_mesh, mp_policy=mp, offload_policy=offload)
         experts.set_gradient_divide_factor(float(world))
+        if dist.get_backend(expert_mesh.get_group()) != "nccl":
+            experts.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum: sum, then divide
     for block in model.blocks:
         fully_shard(block, mesh=world_mesh, mp_policy=mp, offload_policy=offload)
     root = fully_shard(model, mesh=world_mesh, mp_policy=mp, offload_policy=offload)
