@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from moelight.checkpoint.files import AtomicCheckpointIO
 from moelight.errors import MoelightError
-from moelight.parallel.collective_timeout import devices_per_node, strategy_with_timeout
+from moelight.parallel.collective_timeout import strategy_with_timeout
 from moelight.parallel.fsdp_strategy import FSDPExpertParallelStrategy
 from moelight.parallel.liveness import RankRegistry
 from moelight.parallel.strategy import ExpertParallelStrategy
@@ -92,14 +92,10 @@ def strategy_spec(recipe: Recipe) -> tuple[type, dict[str, Any]] | str:
     (Its collective timeout is added where the strategy is built: collective_timeout.py.)"""
     p = recipe.parallel
     if p.fsdp:
-        t = recipe.trainer
-        world = devices_per_node(t.accelerator, t.devices) * t.num_nodes
         return FSDPExpertParallelStrategy, {
             "expert_parallel": p.expert_parallel,
             "param_dtype": p.param_dtype,
             "cpu_offload": p.cpu_offload,
-            "data_parallel_size": world,  # Lightning's mesh: every rank is data-parallel
-            "tensor_parallel_size": 1,
         }
     if p.expert_parallel > 1:
         return ExpertParallelStrategy, {"expert_parallel": p.expert_parallel}
