@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--dump", action="store_true")
     parser.add_argument("--cache", help="tokenised-corpus cache shared between runs")
     parser.add_argument("--fsdp", action="store_true")
-    parser.add_argument("--c2r-profile", help="co-activation counts (.npy) for C2R routing")
+    parser.add_argument("--c2r-profile", "--c2r_profile", help="co-activation counts (.npy) for C2R routing")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
