@@ -39,8 +39,10 @@ def shard_model(
     for layer in model.moe_layers:
         experts = fully_shard(layer.experts, mesh=expert_mesh, mp_policy=mp, offload_policy=offload)
         experts.set_gradient_divide_factor(float(world))
-        if dist.get_backend(expert_mesh.get_group()) != "nccl":
-            experts.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum: sum, then divide
+        if expert_mesh.size() > 1 and dist.get_backend(expert_mesh.get_group()) != "nccl":
+            # gloo has no pre-multiplied sum: sum, then divide. (Not with one rank: torch 2.13 then
+            # divides twice, by the factor without a collective and again after it.)
+            experts.set_force_sum_reduction_for_comms(True)
     for block in model.blocks:
         fully_shard(block, mesh=world_mesh, mp_policy=mp, offload_policy=offload)
     root = fully_shard(model, mesh=world_mesh, mp_policy=mp, offload_policy=offload)
