@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from moelight.checkpoint.files import load_checkpoint_file
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.parallel.checkpoint import is_sharded, load_sharded, localize_full, save_sharded
 from moelight.parallel.fsdp_checkpoint import load_into_sharded, local_expert_layout, localize_experts
@@ -126,7 +127,7 @@ class FSDPExpertParallelStrategy(ModelParallelStrategy):
         if is_sharded(path):
             checkpoint = load_sharded(path, module, self.optimizers)
         else:  # a single-process .ckpt (all experts in order): take this rank's rows
-            full = self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
+            full = load_checkpoint_file(path)  # weights only: a checkpoint never runs code
             checkpoint = localize_full(full, module, self.optimizers)
         load_into_sharded(checkpoint, module, self.optimizers)
         return checkpoint
