@@ -177,10 +177,22 @@ def test_shard_rows_are_torch_chunk(n, shards):
         assert list(shard_rows(n, i, shards)) == expect
 
 
+# A dispatcher plugin that declares it cannot run on FSDP2 shards (megablocks does, but on a CPU
+# machine its missing CUDA packages are reported first).
+NOT_FSDP = """
+from moelight.api import dispatchers
+from moelight_plugins.dispatchers.grouplocal import GroupLocalDispatcher
+
+
+@dispatchers.register("pinned_weights")
+class PinnedWeights(GroupLocalDispatcher):
+    fsdp_compatible = False
+"""
+
 BAD = {
-    "megablocks under fsdp": (
-        ["parallel.fsdp=true", "dispatcher.name=megablocks"],
-        "does not run under parallel.fsdp",
+    "dispatcher that cannot run under fsdp": (
+        ["parallel.fsdp=true", "dispatcher.name=pinned_weights", "plugins=[PLUGIN]"],
+        "'pinned_weights' does not run under parallel.fsdp=true; allowed: ",
     ),
     "param_dtype without fsdp": (["parallel.param_dtype=bfloat16"], "param_dtype applies to FSDP only"),
     "cpu_offload without fsdp": (["parallel.cpu_offload=true"], "cpu_offload applies to FSDP only"),
@@ -196,6 +208,9 @@ BAD = {
 @pytest.mark.parametrize("case", BAD)
 def test_bad_fsdp_input_exits_2_with_one_message(tmp_path, case):
     args, message = BAD[case]
+    plugin = tmp_path / "not_fsdp.py"
+    plugin.write_text(NOT_FSDP)
+    args = [a.replace("PLUGIN", str(plugin)) for a in args]
     proc = moelight("fit", str(RECIPE), *args, f"trainer.out_dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout
