@@ -73,7 +73,12 @@ def recipe_overrides(args) -> list[str]:
 def router_overrides(args) -> list[str]:
     # a per-shard balancing loss is not the global one: no aux loss
     if args.c2r_profile:
-        return ["router.name=c2r", "router.top_t=2", f"profile.path={args.c2r_profile}"]
+        return [
+            "router.name=c2r",
+            "router.top_t=2",
+            "router.aux_loss_coef=0",
+            f"profile.path={args.c2r_profile}",
+        ]
     return ["router.name=topk", "router.aux_loss_coef=0"]
 
 

@@ -80,29 +80,35 @@ CASES = {  # name: (N, P, dispatcher, C2R)
 
 
 @pytest.fixture(scope="module")
-def fsdp_runs(root, ref, coactivation) -> dict[str, Path]:
-    out = {}
-    for name, (n, p, dispatcher, c2r) in CASES.items():
-        extra = {"c2r_profile": coactivation} if c2r else {}
-        out[name] = run(
-            root,
-            name,
-            "--fsdp",
-            ep=p,
-            devices=n,
-            batch=BATCH // n,
-            steps=STEPS,
-            dispatcher=dispatcher,
-            **extra,
-        )
-    return out
+def fsdp_run(root, ref, coactivation):
+    """`fsdp_run(case)`: the case's run directory, trained once per module (on first use)."""
+    done: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            n, p, dispatcher, c2r = CASES[name]
+            extra = {"c2r_profile": coactivation} if c2r else {}
+            done[name] = run(
+                root,
+                name,
+                "--fsdp",
+                ep=p,
+                devices=n,
+                batch=BATCH // n,
+                steps=STEPS,
+                dispatcher=dispatcher,
+                **extra,
+            )
+        return done[name]
+
+    return get
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
-def test_fsdp_trains_like_one_process(case, fsdp_runs, ref, ref_c2r):
-    single = ref_c2r if CASES[case][3] else ref
-    got = fsdp_runs[case]
+def test_fsdp_trains_like_one_process(case, fsdp_run, ref, request):
+    single = request.getfixturevalue("ref_c2r") if CASES[case][3] else ref
+    got = fsdp_run(case)
     assert len(losses(got)) == STEPS
     assert losses(got) == pytest.approx(losses(single), rel=TOL)
     # the norm of the whole model's gradient before clipping, over dense and expert shards
@@ -112,8 +118,8 @@ def test_fsdp_trains_like_one_process(case, fsdp_runs, ref, ref_c2r):
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoint_consolidates_to_the_single_process_state(fsdp_runs, ref):
-    ckpt = fsdp_runs["N2-P2-grouplocal"] / "final.ckpt"
+def test_fsdp_checkpoint_consolidates_to_the_single_process_state(fsdp_run, ref):
+    ckpt = fsdp_run("N2-P2-grouplocal") / "final.ckpt"
     assert (ckpt / MARKER_FILE).is_file(), "FSDP saves a sharded directory"
     single = torch.load(ref / "final.ckpt", weights_only=False)
     sharded = torch.load(write_consolidated(ckpt, ckpt.parent / "full.ckpt"), weights_only=False)
@@ -122,10 +128,10 @@ def test_fsdp_checkpoint_consolidates_to_the_single_process_state(fsdp_runs, ref
 
 
 @pytest.fixture(scope="module")
-def resumed(root, fsdp_runs) -> dict[str, Path]:
+def resumed(root, fsdp_run) -> dict[str, Path]:
     """FSDP N=2 @20 -> FSDP N=4 P=2 @22; FSDP N=2 @20 -> DDP N=2 P=2 @22 -> FSDP N=2 P=1 @23."""
     ckpt = root / "fsdp-n2.ckpt"
-    shutil.copytree(fsdp_runs["N2-P2-grouplocal"] / "final.ckpt", ckpt)
+    shutil.copytree(fsdp_run("N2-P2-grouplocal") / "final.ckpt", ckpt)
     out = {"checkpoint": ckpt}
     out["fsdp-n4"] = run(
         root, "r-fsdp-n4", "--fsdp", "--dump", ep=2, devices=4, batch=BATCH // 4, steps=STEPS + 2, resume=ckpt
