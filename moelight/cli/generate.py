@@ -15,6 +15,7 @@ DESCRIPTION = """Continue a prompt with a trained model: a .ckpt from `moelight 
 checkpoint directory, or a `moelight convert import` directory. The model routes as it was
 trained (a C2R model with its collaborator lists); all experts run in this process. Text streams
 to stdout; the tokens/s line goes to stderr. bf16 on a GPU, fp32 on the CPU unless --dtype says."""
+SMALL_HIDDEN = 1024
 CKPT_HELP = (
     "a .ckpt from `moelight fit`, a sharded expert-parallel checkpoint directory, "
     "or a `moelight convert import` directory"
@@ -48,6 +49,12 @@ def add_model_options(p: VerbParser, max_new_tokens: int) -> None:
     p.add_argument(
         "--no-cache", action="store_true", help="recompute the whole sequence per token (no KV cache)"
     )
+    p.add_argument(
+        "--threads",
+        type=PositiveInt | None,
+        help=f"CPU threads (default: 1 for models up to hidden size {SMALL_HIDDEN}, whose one-token steps "
+        "are too small to split, else torch's default; OMP_NUM_THREADS also sets it)",
+    )
     p.add_overrides()
 
 
@@ -80,7 +87,22 @@ def load_for_generation(args: Any) -> tuple[Any, Any, Any]:
 
     settings = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
     loaded = load_eval_model(args.checkpoint, args.recipe, args.overrides, args.device, args.dtype)
+    if loaded.device.type == "cpu":
+        set_threads(args.threads, loaded.recipe.model.hidden_size)
     return loaded, Decoder(loaded.model, loaded.device, use_cache=not args.no_cache), Sampler(settings)
+
+
+def set_threads(threads: int | None, hidden_size: int) -> None:
+    """Decoding one token of a small model is many tiny ops: on a busy machine, threads waiting for
+    each other made it far slower than one thread (measured: README "Generate text")."""
+    import os
+
+    import torch
+
+    if threads is None and "OMP_NUM_THREADS" not in os.environ and hidden_size <= SMALL_HIDDEN:
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def stats_line(out: Any, loaded: Any, cached: bool) -> str:
