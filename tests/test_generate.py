@@ -206,9 +206,7 @@ def test_chat_prompt_carries_the_history_in_the_plain_format(ckpts):
             replies = (first.tokens, second.tokens)
         else:
             assert (first.tokens, second.tokens) == replies  # the cache changes nothing
-    prompt = session.encoder.encode_prompt(
-        session.messages[:3]
-    ).tolist()
+    prompt = session.encoder.encode_prompt(session.messages[:3]).tolist()
     expected = list(b"<|user|>\nhello\n<|assistant|>\n") + list(first.text.strip().encode())
     expected += [tok.eos_id] + list(b"<|user|>\nhi\n<|assistant|>\n")
     assert prompt == expected
@@ -236,3 +234,22 @@ def test_moe_language_model_is_importable_from_moelight_training():
     from moelight.training.module import MoELanguageModel as Direct
 
     assert MoELanguageModel is Direct
+
+
+def test_chat_template_prompt_ends_with_the_generation_prompt(tmp_path):
+    pytest.importorskip("transformers", reason="moelight[hf] extra not installed")
+    from moelight.data.instruct import ChatEncoder
+    from moelight.data.tokenizer import load_tokenizer
+    from moelight.hf.tiny import make_tiny_tokenizer
+
+    tok = load_tokenizer(str(make_tiny_tokenizer(tmp_path / "tok")))
+    enc = ChatEncoder(tok, "auto")
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+    ]
+    ids = enc.encode_prompt(messages)
+    rendered = tok.hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tok.decode(ids) == rendered and rendered.endswith("<|im_start|>assistant\n")
+    assert enc.stop_strings == ()  # the template's end of turn is the EOS token (<|im_end|>)
