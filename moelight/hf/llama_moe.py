@@ -193,7 +193,7 @@ class LlamaMoe(Architecture):
             ): name == "c2r" and not params.get("renormalize"),
             blocker(
                 f"router.bias_update_rate: {params.get('bias_update_rate')}",
-                "load-aware C2R's selection bias is not part of LLaMA-MoE's gate",
+                "load-aware C2R's selection bias is not part of LLaMA-MoE's gate: the export would route differently",
                 "router.bias_update_rate=0",
             ): name == "c2r" and bool(params.get("bias_update_rate")),
         }
