@@ -22,6 +22,7 @@ from moelight.generate.stop_text import StopText
 from moelight.model.load import single_process_model
 from moelight.recipe import load_recipe
 
+C2R_EP = [*TINY_MODEL, "parallel.expert_parallel=2", "router.collaborators=placement", "trainer.devices=2"]
 PROMPT = "def main(argv):\n    "
 GREEDY = Sampling(temperature=0.0)
 
@@ -55,6 +56,8 @@ def ckpts(tmp_path_factory):
             ROOT / "recipes" / "quickstart.yaml", d / "gqa.ckpt", [*TINY_MODEL, "model.n_kv_heads=1"]
         ),
         "sharded": save_sharded_checkpoint(ROOT / "recipes" / "ep-cpu.yaml", d / "last.ckpt", TINY_MODEL),
+        # C2R under expert parallelism: collaborators = the experts on the top-1 expert's device
+        "c2r-sharded": save_sharded_checkpoint(ROOT / "recipes" / "c2r.yaml", d / "c2r-ep.ckpt", C2R_EP),
     }
     transformers = pytest.importorskip("transformers", reason="moelight[hf] extra not installed")
     transformers.utils.logging.set_verbosity_error()
@@ -90,12 +93,14 @@ def test_cached_forward_equals_the_full_forward(ckpts, kind):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=2e-5)
 
 
-@pytest.mark.parametrize("kind", ["topk", "c2r", "sharded", "imported"])
+@pytest.mark.parametrize("kind", ["topk", "c2r", "sharded", "c2r-sharded", "imported"])
 def test_cached_and_uncached_generation_give_identical_greedy_tokens(ckpts, kind):
     m = loaded(ckpts[kind])
-    if kind == "c2r":  # routed as trained: the recipe's C2R router with its collaborator lists
+    if kind.startswith("c2r"):  # routed as trained: the recipe's C2R router with its collaborator lists
         router = m.model.moe_layers[0].router
         assert m.recipe.router["name"] == "c2r" and type(router).__name__ == "C2RRouter"
+    if kind.endswith("sharded"):
+        assert (ckpts[kind] / ".metadata").is_file() and m.recipe.parallel.expert_parallel == 2
     prompt = [int(i) for i in m.tokenizer.encode(PROMPT)]
     runs = [
         generate(
