@@ -66,6 +66,11 @@ def recipe_overrides(args) -> list[str]:
         f"parallel.expert_parallel={args.ep}",
         f"parallel.placement={args.placement or 'contiguous'}",
         f"parallel.fsdp={str(args.fsdp).lower()}",
+        *(
+            [f"parallel.param_dtype={args.param_dtype}", f"parallel.cpu_offload={args.cpu_offload}"]
+            if args.fsdp
+            else []
+        ),
         "seed=7",
     ]
 
@@ -129,6 +134,8 @@ def main() -> None:
     parser.add_argument("--dump", action="store_true")
     parser.add_argument("--cache", help="tokenised-corpus cache shared between runs")
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--param-dtype", "--param_dtype", default="float32", help="with --fsdp")
+    parser.add_argument("--cpu-offload", "--cpu_offload", default="false", help="with --fsdp: true/false")
     parser.add_argument("--c2r-profile", "--c2r_profile", help="co-activation counts (.npy) for C2R routing")
     args = parser.parse_args()
     out = Path(args.out)

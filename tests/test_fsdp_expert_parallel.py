@@ -4,6 +4,7 @@
   `sorted`) and N=4 (P=4, C2R) give the losses and the pre-clipping gradient norms of one process
   holding the whole batch (fp32 tolerance): FSDP's gradient reduction and the global-norm
   clipping over both meshes equal single-process training;
+- parallel.param_dtype=bfloat16 with cpu_offload computes in bf16 and keeps fp32 master weights;
 - the N=2 checkpoint consolidates to the single process's final state, and resumes with exactly
   the saved weights and optimizer state at N=4, and on the DDP path, whose checkpoint resumes
   exactly under FSDP at P=1;
@@ -21,7 +22,7 @@ import pytest
 import torch
 from test_expert_parallel import RECIPE, assert_restores_exactly, assert_same_state, losses, moelight, train
 
-from moelight.parallel.checkpoint import MARKER_FILE, write_consolidated
+from moelight.parallel.checkpoint import MARKER_FILE, read_tensors, write_consolidated
 from moelight.parallel.fsdp_checkpoint import shard_rows
 
 STEPS, BATCH = 20, 8  # BATCH: the global batch (per rank: BATCH / N)
@@ -115,6 +116,30 @@ def test_fsdp_trains_like_one_process(case, fsdp_run, ref, request):
     assert norms(got) == pytest.approx(norms(single), rel=TOL)
     assert norms(got)[0] == pytest.approx(norms(single)[0], rel=2e-6)  # no drift yet: tight
     assert max(norms(single)) > 0.5, "grad_clip=0.5 must actually clip for the test to mean anything"
+
+
+@pytest.fixture(scope="module")
+def bf16_offload(root, ref) -> Path:
+    return run(
+        root,
+        "N2-P2-bf16-offload",
+        "--fsdp",
+        ep=2,
+        devices=2,
+        batch=BATCH // 2,
+        steps=STEPS,
+        param_dtype="bfloat16",
+        cpu_offload="true",
+    )
+
+
+@pytest.mark.slow
+def test_bf16_compute_keeps_fp32_master_weights_with_cpu_offload(bf16_offload, ref):
+    got, single = losses(bf16_offload), losses(ref)
+    assert got != pytest.approx(single, rel=1e-6), "parameters must be gathered in bf16 for compute"
+    assert got == pytest.approx(single, rel=2e-2)  # and still train like fp32, within bf16 precision
+    saved = read_tensors(bf16_offload / "final.ckpt")  # master weights and AdamW state
+    assert {v.dtype for v in saved.values() if v.is_floating_point()} == {torch.float32}
 
 
 @pytest.mark.slow
