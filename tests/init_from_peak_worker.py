@@ -4,13 +4,14 @@
 
 Writes DIR/model.safetensors (and model.ckpt / a sharded directory for the other kinds) once, in
 a separate process, so this process's memory holds only what loading needs. Then builds rank R
-of EP P with its parameters on the meta device, resets the kernel's RSS high-water mark
-(/proc/self/clear_refs), loads, and prints one JSON line: the peak above the RSS before loading
-(`peak_rss_bytes`, from VmHWM), the file size, this rank's shard size, the largest single tensor
+of EP P as `configure_model` does (`sharded`: parameters on the meta device, then
+`load_init_weights`), having reset the kernel's RSS high-water mark (/proc/self/clear_refs), and
+prints one JSON line: the peak above the RSS before building (`peak_rss_bytes`, from VmHWM), the file size, this rank's shard size, the largest single tensor
 part read, and whether the loaded weights equal the file's rows.
 
-`sharded` is moelight's loader; `whole-file` is the loading it replaces (safetensors.load_file
-of the whole file, then the rank's expert rows by indexing), kept here as the reference.
+`sharded` is moelight's loader; `whole-file` is the loading it replaces (the model built and
+initialised, safetensors.load_file / torch.load of the whole file, the rank's expert rows by
+indexing, load_state_dict), kept here as the reference.
 """
 
 from __future__ import annotations
@@ -72,13 +73,20 @@ def status_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def whole_file_load(model: torch.nn.Module, path: Path) -> None:
+def whole_file_load(recipe, ep: ExpertParallelContext, path: Path) -> torch.nn.Module:
+    """What `configure_model` did before: build (and initialise) the rank's model, read the
+    whole file, take the rank's expert rows, copy into the model."""
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    model = build_model(recipe, ep)
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        state = {k[6:]: v for k, v in torch.load(path, weights_only=True)["state_dict"].items()}
     for name, _, owner in named_expert_parameters(model):
         state[name] = state[name][torch.tensor(owner.global_ids)]
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def main() -> None:
@@ -100,17 +108,20 @@ def main() -> None:
         subprocess.run(cmd, check=True)
     recipe = load_recipe(None, model_overrides(args.ep, args.model))
     contexts = layer_contexts(recipe)
-    with parameters_on_meta():
-        model = build_model(recipe, ExpertParallelContext(rank=args.rank, size=args.ep), contexts)
-    shard = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    largest = max(t.numel() * t.element_size() for t in model.state_dict().values())
+    ep = ExpertParallelContext(rank=args.rank, size=args.ep)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = status_bytes("VmRSS")
-    if args.loader == "sharded":
+    if args.loader == "sharded":  # what `configure_model` does with model.init_from
+        with parameters_on_meta():
+            model = build_model(recipe, ep, contexts)
         load_init_weights(model, str(path))
     else:
-        whole_file_load(model, path)
+        if args.kind == "sharded":
+            raise SystemExit("whole-file loading read a sharded directory through a consolidated file")
+        model = whole_file_load(recipe, ep, path)
     peak = status_bytes("VmHWM") - before
+    shard = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    largest = max(t.numel() * t.element_size() for t in model.state_dict().values())
     # Equality with the file, checked after the measurement (it reads the whole file).
     from safetensors.torch import load_file
 

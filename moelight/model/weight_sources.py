@@ -6,11 +6,12 @@ of row ids, e.g. this rank's global expert ids, or a range) and a range along ev
 (e.g. an FSDP2 Shard's chunk). So a rank holds its shard plus at most one tensor being read,
 never the whole model.
 
-- `SafetensorsSource`: a `.safetensors` file, read with `safe_open(...).get_slice(...)`. The file
-  is opened per read: safetensors maps the file, and pages of a mapping that stays open count
-  toward the process's memory until it is closed.
-- `TorchFileSource`: a Lightning `.ckpt` (or `.pt`), loaded with `torch.load(mmap=True,
-  weights_only=True)`: tensors stay in the file until a part is copied out.
+- `SafetensorsSource`: a `.safetensors` file, read with `safe_open(...).get_slice(...)`.
+- `TorchFileSource`: a Lightning `.ckpt` (or `.pt`), with `torch.load(mmap=True, weights_only=True)`.
+
+Both map the file (safetensors 0.8 returns views of a whole-file mapping), and the pages of a
+mapping that was read count toward the process's memory while it lives. So each read maps the
+file anew, copies its part out, and drops the mapping: what stays is the copy.
 - `ShardedDirSource`: a moelight expert-parallel checkpoint directory (torch.distributed.checkpoint),
   experts stored per global id: only the wanted experts' tensors are read.
 """
@@ -47,12 +48,13 @@ def row_runs(rows: Sequence[int]) -> Iterator[slice]:
 
 
 def read_rows(read_slices, index: Index) -> torch.Tensor:
-    """`read_slices(tuple of slices)` over `index`, whose dim 0 may be a list of row ids."""
+    """`read_slices(tuple of slices)` over `index`, whose dim 0 may be a list of row ids, as a
+    new contiguous tensor: the slices may be views of a file mapping, which must not outlive
+    the read (its pages would count toward the process's memory, and the file could change)."""
     first, rest = index[0], tuple(index[1:])
-    if isinstance(first, slice):
-        return read_slices((first, *rest))
-    parts = [read_slices((run, *rest)) for run in row_runs(first)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    runs = [first] if isinstance(first, slice) else list(row_runs(first))
+    parts = [read_slices((run, *rest)) for run in runs]
+    return parts[0].clone(memory_format=torch.contiguous_format) if len(parts) == 1 else torch.cat(parts)
 
 
 class WeightSource:
@@ -113,53 +115,67 @@ class SafetensorsSource(WeightSource):
             with self._open(str(self.path), framework="pt") as f:
                 part = f.get_slice(name)
                 if not self._shapes[name]:  # a 0-dim tensor cannot be sliced
-                    return f.get_tensor(name)
+                    return f.get_tensor(name).clone()
                 return read_rows(lambda sl: part[sl], index).contiguous()
         except Exception as exc:
             raise checkpoint_corrupt(self.path, f"cannot read {name} ({exc})") from None
 
 
 class TorchFileSource(WeightSource):
-    """A Lightning checkpoint: its `state_dict`'s `model.*` tensors, memory-mapped."""
+    """A Lightning checkpoint: its `state_dict`'s `model.*` tensors, mapped anew for each read."""
 
     def __init__(self, path: Path):
         check_checkpoint_file(path)
         self.path = path
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # a legacy (non-zip) file cannot be mapped: read it whole
-            try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:
-                raise checkpoint_corrupt(path, "not a readable torch checkpoint") from None
-        except Exception:  # torch's own text would advise unsafe loading (weights_only=False)
-            raise checkpoint_corrupt(path, "not a readable torch checkpoint") from None
+        ckpt, mapped = self._load()
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
             raise MoelightError(f"{path}: not a Lightning checkpoint (no state_dict)")
-        self._state = {
-            k[len(CKPT_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(CKPT_PREFIX)
-        }
-        if not self._state:
+        state = self._model_state(ckpt)
+        if not state:
             raise MoelightError(
                 f"{path}: its state_dict has no '{CKPT_PREFIX}*' weights (not a moelight checkpoint)"
             )
+        self._shapes = {k: tuple(v.shape) for k, v in state.items()}
+        self._state = None if mapped else state  # a file that cannot be mapped is held whole
         recipe = (ckpt.get("hyper_parameters") or {}).get("recipe")
         self.recipe = recipe if isinstance(recipe, dict) else None
 
+    def _load(self) -> tuple[Any, bool]:
+        """(the checkpoint, whether its tensors are mapped rather than read)."""
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=True), True
+        except RuntimeError:  # a legacy (non-zip) file cannot be mapped: read it whole
+            pass
+        except Exception:  # torch's own text would advise unsafe loading (weights_only=False)
+            raise checkpoint_corrupt(self.path, "not a readable torch checkpoint") from None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True), False
+        except Exception:
+            raise checkpoint_corrupt(self.path, "not a readable torch checkpoint") from None
+
+    @staticmethod
+    def _model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {k[len(CKPT_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(CKPT_PREFIX)}
+
     def names(self) -> list[str]:
-        return list(self._state)
+        return list(self._shapes)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._state[name].shape)
+        return self._shapes[name]
 
     def read(self, name: str, index: Index | None = None) -> torch.Tensor:
-        t = self._state[name]
-        if index is None or t.dim() == 0:
+        state = self._state if self._state is not None else self._model_state(self._load()[0])
+        t = state[name]
+        if not self._shapes[name]:
             return t.clone()
-        return read_rows(lambda sl: t[sl], index).clone(memory_format=torch.contiguous_format)
+        return read_rows(lambda sl: t[sl], full_index(self._shapes[name]) if index is None else index)
+
+    def read_all(self) -> dict[str, torch.Tensor]:
+        state = self._state if self._state is not None else self._model_state(self._load()[0])
+        return {k: v.clone() for k, v in state.items()}
 
     def close(self) -> None:
-        self._state = {}  # drops the mapping
+        self._state = None
 
 
 class ShardedDirSource(WeightSource):
@@ -204,7 +220,9 @@ class ShardedDirSource(WeightSource):
         index = full_index(shape) if index is None else index
         if name not in self._experts:
             (t,) = read_tensors(self.path, [self._key(name)]).values()
-            return t if not shape else read_rows(lambda sl: t[sl], index).contiguous()
+            if not shape or all(i == slice(0, n) for i, n in zip(index, shape, strict=True)):
+                return t
+            return read_rows(lambda sl: t[sl], index)
         first = index[0]
         gids = list(range(shape[0]))[first] if isinstance(first, slice) else list(first)
         keys = [self._key(name, g) for g in gids]
