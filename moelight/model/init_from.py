@@ -1,6 +1,8 @@
 """`model.init_from`: start a model from a converted model or a moelight checkpoint.
 
-Accepted: a `moelight convert import` directory (its `model.safetensors`), a `.safetensors` file
+Accepted: a `moelight convert import` directory (its `model.safetensors`), a local Hugging Face
+MoE checkpoint directory (config.json + safetensors, converted as `convert import` does, tensor
+by tensor; its recipe is the imported model and router sections), a `.safetensors` file
 with moelight state-dict names, or a Lightning `.ckpt` whose `state_dict` keys are the training
 module's (`model.` + moelight name), or a sharded expert-parallel checkpoint directory. Expert
 tensors are stored for all experts (`[E, ...]`).
@@ -32,6 +34,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 MODEL_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
+HF_CONFIG = "config.json"  # a Hugging Face checkpoint directory (no recipe.yaml beside it)
 
 
 def first_names(names: list[str], n: int = 5) -> str:
@@ -42,6 +45,10 @@ def first_names(names: list[str], n: int = 5) -> str:
 def open_checkpoint(path: str | Path) -> WeightSource:
     """A reader of the weights at `path` (nothing read yet), with the recipe it carries."""
     p = Path(path).expanduser()
+    if p.is_dir() and (p / HF_CONFIG).is_file() and not (p / RECIPE_FILE).is_file():
+        from moelight.hf.importer import HFSource  # the HF package imports this module
+
+        return HFSource(p)  # a Hugging Face directory, converted tensor by tensor
     if p.is_dir() and not (p / ".metadata").is_file():
         weights = p / MODEL_FILE
         if not weights.is_file():
