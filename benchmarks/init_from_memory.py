@@ -27,7 +27,18 @@ MB = 1024 * 1024
 
 
 def measure(directory: Path, loader: str, kind: str, ep: int) -> dict:
-    cmd = [sys.executable, str(WORKER), str(directory), loader, "--ep", str(ep), "--kind", kind, "--model", *MODEL]
+    cmd = [
+        sys.executable,
+        str(WORKER),
+        str(directory),
+        loader,
+        "--ep",
+        str(ep),
+        "--kind",
+        kind,
+        "--model",
+        *MODEL,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -50,7 +61,9 @@ def main() -> None:
                     if loader == "whole-file" and kind == "sharded":
                         continue  # it went through a consolidated .ckpt: the ckpt row
                     rows.append(measure(directory, loader, kind, ep))
-    print(f"{'P':>2} {'kind':<12} {'loader':<11} {'file MB':>8} {'shard MB':>9} {'peak MB':>8} {'peak/shard':>10}")
+    print(
+        f"{'P':>2} {'kind':<12} {'loader':<11} {'file MB':>8} {'shard MB':>9} {'peak MB':>8} {'peak/shard':>10}"
+    )
     for r in rows:
         ratio = r["peak_rss_bytes"] / r["shard_bytes"]
         print(

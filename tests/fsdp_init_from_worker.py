@@ -40,7 +40,9 @@ def sharded_model(extra: list[str], mesh, materialise: bool):
     recipe = load_recipe(None, SMALL + extra)
     contexts = layer_contexts(recipe)
     with parameters_on_meta():
-        model = build_model(recipe, ExpertParallelContext(rank=0, size=recipe.parallel.expert_parallel), contexts)
+        model = build_model(
+            recipe, ExpertParallelContext(rank=0, size=recipe.parallel.expert_parallel), contexts
+        )
     for block in model.blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -86,7 +88,12 @@ def main() -> None:
     for label, extra, materialise, logits in (
         ("meta", [], False, True),
         ("empty", [], True, True),
-        ("experts", ["parallel.expert_parallel=2", f"parallel.placement={placement}", "dispatcher.name=grouplocal"], False, False),
+        (
+            "experts",
+            ["parallel.expert_parallel=2", f"parallel.placement={placement}", "dispatcher.name=grouplocal"],
+            False,
+            False,
+        ),
     ):
         model = sharded_model(extra, mesh, materialise)
         load_init_weights(model, file)

@@ -50,7 +50,11 @@ def model_overrides(ep: int, extra: list[str]) -> list[str]:
 
 
 def files(out: Path) -> dict[str, Path]:
-    return {"safetensors": out / "model.safetensors", "ckpt": out / "model.ckpt", "sharded": out / "sharded.ckpt"}
+    return {
+        "safetensors": out / "model.safetensors",
+        "ckpt": out / "model.ckpt",
+        "sharded": out / "sharded.ckpt",
+    }
 
 
 def generate(out: Path, extra: list[str]) -> None:
@@ -136,7 +140,9 @@ def main() -> None:
         "kind": args.kind,
         "ep": args.ep,
         "rank": args.rank,
-        "file_bytes": path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir()),
+        "file_bytes": path.stat().st_size
+        if path.is_file()
+        else sum(f.stat().st_size for f in path.iterdir()),
         "shard_bytes": shard,
         "largest_read_bytes": largest,
         "peak_rss_bytes": peak,

@@ -204,7 +204,9 @@ def test_fsdp2_ranks_read_their_chunks(source, tmp_path):
     _, paths = source
     out = tmp_path / "fsdp"
     out.mkdir()
-    run_two_ranks(TESTS / "fsdp_init_from_worker.py", str(paths["safetensors"]), str(out), str(placement_file(tmp_path)))
+    run_two_ranks(
+        TESTS / "fsdp_init_from_worker.py", str(paths["safetensors"]), str(out), str(placement_file(tmp_path))
+    )
     for rank in (0, 1):
         report = json.loads((out / f"rank{rank}.json").read_text())
         assert report["bad"] == [], report

@@ -137,7 +137,12 @@ def _fill(model: nn.Module, part: _Part, value: torch.Tensor) -> None:
         from torch.distributed.tensor import DTensor
 
         value = DTensor.from_local(
-            value, target.device_mesh, target.placements, run_check=False, shape=target.shape, stride=target.stride()
+            value,
+            target.device_mesh,
+            target.placements,
+            run_check=False,
+            shape=target.shape,
+            stride=target.stride(),
         )
     owner_name, _, leaf = part.name.rpartition(".")
     owner = model.get_submodule(owner_name)

@@ -57,8 +57,9 @@ class MoELanguageModel(L.LightningModule):
             return
         # Weights to be loaded need no initial values: no parameter memory until each is read.
         with parameters_on_meta():
-            self.model = build_model(self.recipe, ep or ExpertParallelContext())
-        load_init_weights(self.model, self.recipe.model.init_from)
+            model = build_model(self.recipe, ep or ExpertParallelContext())
+        load_init_weights(model, self.recipe.model.init_from)
+        self.model = model  # only once loaded: teardown after a failed load moves no meta tensors
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
