@@ -195,9 +195,9 @@ class ShardedDirSource(WeightSource):
         self._sizes = self._tensor_sizes()
 
     def _tensor_sizes(self) -> dict[str, tuple[int, ...]]:
-        import torch.distributed.checkpoint as dcp
+        from moelight.checkpoint.dcp_metadata import read_dcp_metadata_safely
 
-        metadata = dcp.FileSystemReader(self.path).read_metadata().state_dict_metadata
+        metadata = read_dcp_metadata_safely(self.path).state_dict_metadata
         return {k: tuple(getattr(md, "size", ())) for k, md in metadata.items()}
 
     def _key(self, name: str, gid: int | None = None) -> str:
