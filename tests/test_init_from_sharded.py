@@ -200,6 +200,46 @@ def run_two_ranks(worker: Path, *args: str) -> None:
 
 
 @pytest.mark.slow
+def test_expert_parallel_strategy_ranks_start_from_the_file(tmp_path):
+    """Through Lightning and the `expert_parallel` strategy (2 gloo ranks, another placement):
+    every rank's weights right after setup are its rows of the init_from file."""
+    import argparse
+
+    sys.path.insert(0, str(TESTS))
+    from ep_train_worker import recipe_overrides
+
+    args = argparse.Namespace(dispatcher="grouplocal", batch=4, cache=None, out=tmp_path, devices=1, steps=1)
+    args.ep, args.placement = 1, None
+    torch.manual_seed(11)
+    model = build_model(load_recipe(None, recipe_overrides(args) + ["dispatcher.name=sorted"]))
+    weights = tmp_path / "init.safetensors"
+    save_file(model.state_dict(), weights)
+    placement = tmp_path / "swapped.json"
+    placement.write_text(json.dumps({"num_devices": 2, "groups": [[1, 3, 5, 7], [0, 2, 4, 6]]}))
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(TESTS / "ep_train_worker.py"), str(out), "--ep", "2", "--devices", "2"]
+    cmd += ["--steps", "1", "--dump", "--placement", str(placement), "--init-from", str(weights)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    full = load_file(weights)
+    got: dict[str, torch.Tensor] = {}
+    for f in sorted(out.glob("restored.rank*.pt")):
+        # global keys of the LightningModule's state: model/ + `model.` (its transformer) + name
+        got.update(
+            {k[len("model/model.") :]: v for k, v in torch.load(f).items() if k.startswith("model/model.")}
+        )
+    experts = {name for name in full if name.rsplit(".", 1)[-1] in ("w1", "v1", "w2")}
+    want = {k: v for k, v in full.items() if k not in experts}
+    for name in experts:
+        prefix, leaf = name.rsplit(".", 1)
+        want.update({f"{prefix}.{g}.{leaf}": full[name][g] for g in range(full[name].shape[0])})
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want), [
+        k for k in want if not torch.equal(got[k], want[k])
+    ][:5]
+
+
+@pytest.mark.slow
 def test_fsdp2_ranks_read_their_chunks(source, tmp_path):
     _, paths = source
     out = tmp_path / "fsdp"
