@@ -105,3 +105,18 @@ def test_hf_directory_loads_each_ranks_part(hf_dir, ep, monkeypatch):
         assert mine <= set(read)
     if size > 1:
         assert len(local) == source.model.num_experts // 2
+
+
+def test_eval_loader_reads_an_hf_directory_like_transformers(tmp_path):
+    """`moelight eval` / `profile` load through the same reader: an HF directory gives the
+    logits transformers computes from it (fp32; summation order only)."""
+    import transformers
+
+    from moelight.model.load import load_checkpoint
+
+    hf_dir = make_tiny_checkpoint("qwen2_moe", tmp_path / "hf", seed=1)
+    loaded = load_checkpoint(hf_dir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    idx = torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.eval()(idx), hf(idx).logits, atol=2e-5, rtol=0)
