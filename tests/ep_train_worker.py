@@ -2,7 +2,7 @@
 
     python tests/ep_train_worker.py OUT_DIR --ep P --devices N --batch B --steps S
         [--dispatcher NAME] [--resume PATH] [--placement FILE] [--dump] [--cache DIR] [--init-from PATH]
-        [--fsdp] [--c2r-profile FILE]
+        [--fsdp] [--c2r-profile FILE] [--dump-loaded]
 
 Lightning launches the other ranks by re-running this command line (its subprocess launcher).
 Writes, from rank 0, OUT_DIR/losses.json (the global-mean loss of every step) and
@@ -10,7 +10,10 @@ OUT_DIR/norms.json (the gradient norm before clipping of every step), and saves 
 (a sharded directory with P > 1 or --fsdp, a file otherwise). --fsdp trains with
 parallel.fsdp=true; --c2r-profile routes with C2R (top_t 2) on that co-activation file. With --dump every rank
 writes OUT_DIR/restored.rank<r>.pt: its model and optimizer state under global keys (see
-moelight/parallel/checkpoint.py) as they are right after the checkpoint was restored.
+moelight/parallel/checkpoint.py) as they are right after the checkpoint was restored. With
+--dump-loaded every rank writes OUT_DIR/loaded.rank<r>.pt when training starts: each parameter's
+local tensor (its FSDP chunk), its experts' global ids, its shard count and index, and the
+(name, bytes) of every tensor part it read from the init_from safetensors file.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from moelight.data.datamodule import MoEDataModule
+from moelight.model import weight_sources
+from moelight.moe.experts import named_expert_parameters
 from moelight.parallel.checkpoint import (
     expert_layout,
     model_to_global,
@@ -101,11 +106,44 @@ def global_state(module, optimizer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in full.items()}
 
 
+READS: list[tuple[str, int]] = []  # (tensor name, bytes) of every part read from a safetensors file
+
+
+def record_reads() -> None:
+    """Count what init_from reads: every part SafetensorsSource returns, by name and bytes."""
+    read = weight_sources.SafetensorsSource.read
+
+    def counted(self, name, index=None):
+        part = read(self, name, index)
+        READS.append((name, part.numel() * part.element_size()))
+        return part
+
+    weight_sources.SafetensorsSource.read = counted
+
+
+def loaded_state(module) -> dict:
+    """Each parameter's local tensor and where it sits: expert ids, shard count and index."""
+    ids = {name: list(owner.global_ids) for name, _, owner in named_expert_parameters(module.model)}
+    params = {}
+    for name, p in module.model.named_parameters():
+        sharded = isinstance(p, DTensor)
+        params[name] = {
+            "local": (p.to_local() if sharded else p).detach().clone(),
+            "ids": ids.get(name),
+            "shards": p.device_mesh.size() if sharded else 1,
+            "index": p.device_mesh.get_local_rank() if sharded else 0,
+        }
+    return {"params": params, "reads": list(READS)}
+
+
 class Record(L.Callback):
-    def __init__(self, out: Path, dump: bool):
+    def __init__(self, out: Path, dump: bool, dump_loaded: bool = False):
         self.out, self.dump, self.losses, self.norms = out, dump, [], []
+        self.dump_loaded = dump_loaded
 
     def on_train_start(self, trainer, module):
+        if self.dump_loaded:
+            torch.save(loaded_state(module), self.out / f"loaded.rank{trainer.global_rank}.pt")
         if self.dump:
             state = global_state(module, trainer.optimizers[0])
             torch.save(state, self.out / f"restored.rank{trainer.global_rank}.pt")
@@ -132,18 +170,23 @@ def main() -> None:
     parser.add_argument("--resume")
     parser.add_argument("--placement")
     parser.add_argument("--dump", action="store_true")
-    parser.add_argument("--init-from", help="model.init_from: the weights every rank starts from")
+    parser.add_argument(
+        "--init-from", "--init_from", help="model.init_from: the weights every rank starts from"
+    )
     parser.add_argument("--cache", help="tokenised-corpus cache shared between runs")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--param-dtype", "--param_dtype", default="float32", help="with --fsdp")
     parser.add_argument("--cpu-offload", "--cpu_offload", default="false", help="with --fsdp: true/false")
     parser.add_argument("--c2r-profile", "--c2r_profile", help="co-activation counts (.npy) for C2R routing")
+    parser.add_argument("--dump-loaded", action="store_true", help="write loaded.rank<r>.pt (see above)")
     args = parser.parse_args()
+    if args.dump_loaded:
+        record_reads()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe(None, recipe_overrides(args))
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    trainer = build_trainer(recipe, callbacks=[Record(out, args.dump)])
+    trainer = build_trainer(recipe, callbacks=[Record(out, args.dump, args.dump_loaded)])
     module = MoELanguageModel(recipe)
     datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
     trainer.fit(module, datamodule=datamodule, ckpt_path=prepare_run(recipe, args.resume))

@@ -199,6 +199,85 @@ def test_resumed_runs_continue_alike(resumed):
     assert losses(resumed["fsdp-n4"]) == pytest.approx(losses(resumed["ddp-n2"]), rel=TOL)
 
 
+INIT_STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def init_file(root) -> Path:
+    """The tiny model's parameters (all experts `[E, ...]`), from a seed no run uses."""
+    from types import SimpleNamespace
+
+    from ep_train_worker import recipe_overrides
+    from safetensors.torch import save_file
+
+    from moelight.model.build import build_model
+    from moelight.recipe import load_recipe
+
+    args = SimpleNamespace(
+        devices=1, ep=1, batch=BATCH, steps=1, dispatcher="sorted", out=root, cache=root / "cache",
+        placement=None, fsdp=False, c2r_profile=None, init_from=None,
+    )  # fmt: skip
+    torch.manual_seed(123)
+    model = build_model(load_recipe(None, recipe_overrides(args)))
+    path = root / "init.safetensors"
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def init_runs(root, init_file) -> dict[str, Path]:
+    """One process, and FSDP N=2 P=2 (dumping what each rank loaded and read), from `init_file`."""
+    return {
+        "single": run(
+            root, "init-single", ep=1, devices=1, batch=BATCH, steps=INIT_STEPS, dispatcher="sorted",
+            init_from=init_file,
+        ),
+        "fsdp": run(
+            root, "init-fsdp-n2", "--fsdp", "--dump-loaded", ep=2, devices=2, batch=BATCH // 2,
+            steps=INIT_STEPS, init_from=init_file,
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fsdp_init_from_reads_only_each_ranks_shards(init_runs, init_file):
+    from safetensors.torch import load_file
+
+    full = load_file(str(init_file))
+    for rank in range(2):
+        loaded = torch.load(init_runs["fsdp"] / f"loaded.rank{rank}.pt", weights_only=False)
+        params = loaded["params"]
+        assert set(params) == set(full)
+        experts = {name for name, p in params.items() if p["ids"] is not None}
+        assert experts, "the model has expert parameters"
+        dense = sum(full[name].nbytes for name in set(full) - experts)
+        want_bytes, own_experts = 0, 0
+        for name, p in params.items():
+            want = full[name] if p["ids"] is None else full[name][p["ids"]]
+            if name in experts:
+                assert len(p["ids"]) == full[name].shape[0] // 2, "P=2: half the experts"
+                own_experts += want.nbytes
+            else:
+                assert p["shards"] == 2, f"{name}: dense parameters are sharded over both ranks"
+            chunks = want.chunk(p["shards"])  # DTensor's Shard(0) split
+            mine = chunks[p["index"]] if p["index"] < len(chunks) else want[:0]
+            assert torch.equal(p["local"], mine), f"rank {rank}: {name} is not its chunk of the file"
+            want_bytes += mine.nbytes
+        names = [name for name, _ in loaded["reads"]]
+        assert len(names) == len(set(names)), "each tensor part is read once"
+        read = sum(n for _, n in loaded["reads"])
+        assert read == want_bytes, f"rank {rank} read {read} bytes, its shards hold {want_bytes}"
+        assert read <= dense / 2 + own_experts + 1024  # 1/N of dense (+ chunk rounding) + its experts
+
+
+@pytest.mark.slow
+def test_fsdp_init_from_trains_like_one_process_from_the_same_file(init_runs):
+    got, single = losses(init_runs["fsdp"]), losses(init_runs["single"])
+    assert len(got) == INIT_STEPS
+    assert got[0] == pytest.approx(single[0], rel=2e-6)  # the same weights: the same first loss
+    assert got == pytest.approx(single, rel=TOL)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9])
 @pytest.mark.parametrize("shards", [1, 2, 3, 4])
 def test_shard_rows_are_torch_chunk(n, shards):

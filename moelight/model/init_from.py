@@ -157,6 +157,13 @@ def load_weights(model: nn.Module, source: WeightSource, what: str) -> None:
         _fill(model, part, _read_part(source, part, part.target.dtype))
 
 
+def check_init_weights(model: nn.Module, path: str) -> None:
+    """Raise the error `load_init_weights(model, path)` would for weights that do not fit `model`,
+    reading no tensor: a strategy that shards the (meta) model before loading fails here first."""
+    with open_checkpoint(path) as source:
+        _plan(model, source, f"model.init_from {path}")
+
+
 def load_init_weights(model: nn.Module, path: str) -> None:
     """Copy the weights at `path` into `model`, strictly: every parameter must be present with its
     shape, and nothing may be left over. Missing buffers (e.g. a balancing router's running bias)

@@ -5,7 +5,8 @@ On N ranks with expert parallelism P (P divides N and the number of experts):
   (edp, ep) = (N/P, P) mesh of groups.py: the LightningModule reads `ep_context` in
   `configure_model` and builds only its placement's experts; the all2all runs over `ep`;
 - sharding: fsdp_plan.py (dense over all N ranks, experts over `edp`), applied in `setup` before
-  the optimizer is built over the DTensor parameters;
+  the optimizer is built over the DTensor parameters; with `model.init_from` the model is built
+  on the meta device, sharded, then loaded, so each rank reads only its chunks and expert rows;
 - clipping: by the global norm over every shard of both meshes (grad_norm.py), through the
   LightningModule's public `configure_gradient_clipping` hook;
 - checkpoints: the sharded, resharding format of checkpoint.py (each rank writes its shards,
@@ -33,6 +34,9 @@ from moelight.parallel.groups import ExpertParallelGroups, build_groups, check_w
 
 class FSDPExpertParallelStrategy(ModelParallelStrategy):
     strategy_name = "fsdp_expert_parallel"
+    # model.init_from: the LightningModule builds on meta and leaves loading to `setup`, after
+    # sharding, so each rank reads only its DTensor chunks and expert rows.
+    loads_init_from_after_sharding = True
 
     def __init__(
         self,
@@ -81,13 +85,17 @@ class FSDPExpertParallelStrategy(ModelParallelStrategy):
         )
 
     def setup(self, trainer) -> None:
+        module = self.lightning_module
         shard_model(
-            self.lightning_module.model,
+            module.model,
             self.dense_mesh,
             self.groups.mesh["edp"],
             param_dtype=self.param_dtype,
             cpu_offload=self.cpu_offload,
         )
+        load = getattr(module, "load_init_from_after_sharding", None)
+        if load is not None:
+            load()  # before super().setup moves parameters to the device: none is left on meta
         super().setup(trainer)
 
     def model_to_device(self) -> None:

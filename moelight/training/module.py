@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 
 from moelight.errors import ConfigError
 from moelight.model.build import build_model
-from moelight.model.init_from import load_init_weights
+from moelight.model.init_from import check_init_weights, load_init_weights
 from moelight.model.meta_params import parameters_on_meta
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe, validate_recipe
@@ -47,20 +47,39 @@ class MoELanguageModel(L.LightningModule):
         self.val_loss = MeanMetric()
         self._t_last: float | None = None
         self.grad_norm: torch.Tensor | None = None  # before clipping, set by configure_gradient_clipping
+        self._init_from_after_sharding: str | None = None  # see load_init_from_after_sharding
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
         # An expert-parallel strategy exposes where this rank sits; otherwise one device holds all.
-        ep = getattr(self.trainer.strategy, "ep_context", None) if self._trainer else None
+        strategy = self.trainer.strategy if self._trainer else None
+        ep = getattr(strategy, "ep_context", None)
         if not self.recipe.model.init_from:
             self.model = build_model(self.recipe, ep or ExpertParallelContext())
             return
         # Weights to be loaded need no initial values: no parameter memory until each is read.
         with parameters_on_meta():
             model = build_model(self.recipe, ep or ExpertParallelContext())
+        if getattr(strategy, "loads_init_from_after_sharding", False):
+            # The strategy shards the meta model first, so each rank reads only its chunks.
+            check_init_weights(model, self.recipe.model.init_from)  # a bad file fails here, unsharded
+            self.model, self._init_from_after_sharding = model, self.recipe.model.init_from
+            return
         load_init_weights(model, self.recipe.model.init_from)
         self.model = model  # only once loaded: teardown after a failed load moves no meta tensors
+
+    def load_init_from_after_sharding(self) -> None:
+        """Fill the sharded meta model from `model.init_from`: the strategy calls this once, right
+        after sharding (before anything moves the parameters). Each rank reads its chunks only."""
+        path, self._init_from_after_sharding = self._init_from_after_sharding, None
+        if path is None:
+            return
+        try:
+            load_init_weights(self.model, path)
+        except BaseException:
+            self.model = None  # teardown must not try to move meta tensors (it would hide the error)
+            raise
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
