@@ -10,7 +10,8 @@ OUT_DIR/norms.json (the gradient norm before clipping of every step), and saves 
 (a sharded directory with P > 1 or --fsdp, a file otherwise). --fsdp trains with
 parallel.fsdp=true; --c2r-profile routes with C2R (top_t 2) on that co-activation file. With --dump every rank
 writes OUT_DIR/restored.rank<r>.pt: its model and optimizer state under global keys (see
-moelight/parallel/checkpoint.py) as they are right after the checkpoint was restored. With
+moelight/parallel/checkpoint.py) as they are right after the checkpoint was restored, and
+OUT_DIR/restore-reads.rank<r>.json: per stored tensor it read, [bytes read into, global bytes]. With
 --dump-loaded every rank writes OUT_DIR/loaded.rank<r>.pt when training starts: each parameter's
 local tensor (its FSDP chunk), its experts' global ids, its shard count and index, and the
 (name, bytes) of every tensor part it read from the init_from safetensors file.
@@ -121,6 +122,25 @@ def record_reads() -> None:
     weight_sources.SafetensorsSource.read = counted
 
 
+RESTORED: dict[str, list[int]] = {}  # checkpoint key -> [bytes this rank read into, global bytes]
+
+
+def record_restore_reads() -> None:
+    """Count what a resume reads of each stored tensor: its local part (a DTensor chunk) or all."""
+    from moelight.parallel import checkpoint
+
+    read = checkpoint.read_tensors
+
+    def counted(path, keys=None, like=None):
+        out = read(path, keys, like)
+        for key, t in out.items():
+            local = t.to_local() if isinstance(t, DTensor) else t
+            RESTORED[key] = [local.numel() * local.element_size(), t.numel() * t.element_size()]
+        return out
+
+    checkpoint.read_tensors = counted
+
+
 def loaded_state(module) -> dict:
     """Each parameter's local tensor and where it sits: expert ids, shard count and index."""
     ids = {name: list(owner.global_ids) for name, _, owner in named_expert_parameters(module.model)}
@@ -147,6 +167,7 @@ class Record(L.Callback):
         if self.dump:
             state = global_state(module, trainer.optimizers[0])
             torch.save(state, self.out / f"restored.rank{trainer.global_rank}.pt")
+            (self.out / f"restore-reads.rank{trainer.global_rank}.json").write_text(json.dumps(RESTORED))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
@@ -182,6 +203,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.dump_loaded:
         record_reads()
+    if args.dump:
+        record_restore_reads()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe(None, recipe_overrides(args))

@@ -14,6 +14,7 @@ Run helper: tests/ep_train_worker.py (Lightning launches the other ranks).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -30,8 +31,6 @@ TOL = 1e-4  # fp32 over 20 steps of different reduction orders
 
 
 def norms(run: Path) -> list[float]:
-    import json
-
     return json.loads((run / "norms.json").read_text())
 
 
@@ -182,15 +181,28 @@ def resumed(root, fsdp_run) -> dict[str, Path]:
     return out
 
 
+def assert_reads_dense_chunks(run: Path, n: int) -> None:
+    """Each rank read 1/n of every dense model tensor (and of its AdamW moments), not all of it."""
+    for rank in range(n):
+        reads = json.loads((run / f"restore-reads.rank{rank}.json").read_text())
+        dense = [v for k, v in reads.items() if k.startswith("model/") and ".experts." not in k]
+        moments = [v for k, v in reads.items() if k.endswith("/exp_avg") and ".experts." not in k]
+        for what in (dense, moments):
+            local, full = sum(v[0] for v in what), sum(v[1] for v in what)
+            assert 0 < local <= full / n + 1024, f"rank {rank} read {local} of {full} bytes"
+
+
 @pytest.mark.slow
 def test_fsdp_checkpoint_resumes_exactly_at_another_n(resumed):
     assert_restores_exactly(resumed["fsdp-n4"], resumed["checkpoint"])
+    assert_reads_dense_chunks(resumed["fsdp-n4"], 4)
 
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_resumes_exactly_on_the_ddp_path_and_back(resumed):
     assert_restores_exactly(resumed["ddp-n2"], resumed["checkpoint"])
     assert_restores_exactly(resumed["fsdp-p1"], resumed["ddp-checkpoint"])
+    assert_reads_dense_chunks(resumed["fsdp-p1"], 2)
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ from torch import nn
 from moelight.checkpoint.files import checkpoint_corrupt, load_checkpoint_file, publish
 from moelight.checkpoint.storage import save_failed, tensor_bytes
 from moelight.errors import MoelightError
+from moelight.model.local_parts import is_dtensor
 from moelight.moe.experts import named_expert_parameters
 from moelight.parallel.liveness import mentions_peer_failure
 from moelight.parallel.sharded_meta import META_FILE, meta_file, not_moelight, safe_read_meta, write_meta
@@ -311,10 +312,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return safe_read_meta(path)
 
 
-def read_tensors(path: str | Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+def read_tensors(
+    path: str | Path, keys: list[str] | None = None, like: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Load `keys` (default: every tensor) of a checkpoint directory into new CPU tensors.
 
     Each rank reads only what it needs, on its own (`no_dist`): ranks ask for different keys.
+    `like`: key -> a DTensor laid out as this rank holds that tensor (an FSDP shard); a key
+    stored at its global shape is read into an empty one of that layout: only the rank's chunk.
     """
     # imported on use: it loads much of torch.distributed, which single-process runs never need
     import torch.distributed.checkpoint as dcp
@@ -335,7 +340,11 @@ def read_tensors(path: str | Path, keys: list[str] | None = None) -> dict[str, t
         md = metadata[key]
         if not isinstance(md, TensorStorageMetadata):
             raise MoelightError(f"checkpoint {path}: {key} is not a tensor")
-        out[key] = torch.empty(md.size, dtype=md.properties.dtype)
+        target = (like or {}).get(key)
+        if target is not None and tuple(target.shape) == tuple(md.size):
+            out[key] = torch.empty_like(target, dtype=md.properties.dtype)
+        else:
+            out[key] = torch.empty(md.size, dtype=md.properties.dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
         try:
@@ -360,7 +369,7 @@ def load_sharded(
     saved_optim = meta.get("optimizer_states", [])
     for i, saved in enumerate(saved_optim[: len(optimizers)]):
         keys += optimizer_keys(saved, i, layout)
-    flat = read_tensors(path, keys)
+    flat = read_tensors(path, keys, _dense_dtensors(module, optimizers, saved_optim))
     checkpoint = dict(meta)
     checkpoint["state_dict"] = model_from_global(flat, names, layout)
     if optimizers and saved_optim:
@@ -369,6 +378,19 @@ def load_sharded(
             for i, (opt, saved) in enumerate(zip(optimizers, saved_optim))
         ]
     return checkpoint
+
+
+def _dense_dtensors(module: nn.Module, optimizers: list, saved_optim: list) -> dict[str, torch.Tensor]:
+    """Key -> the module's DTensor for every dense tensor (and its optimizer entries) that FSDP
+    shards, so that `read_tensors` reads only this rank's chunk of it. Experts are read by id."""
+    layout = expert_layout(module)
+    dense = {k: v for k, v in module.state_dict().items() if k not in layout and is_dtensor(v)}
+    like = {MODEL + k: v for k, v in dense.items()}
+    for i, saved in enumerate(saved_optim[: len(optimizers)]):
+        for name, entries in saved["kinds"].items():
+            if name in dense:
+                like.update({f"{OPTIM}{i}/{name}/{entry}": dense[name] for entry in entries})
+    return like
 
 
 # ---- single-file checkpoints -------------------------------------------------------------------

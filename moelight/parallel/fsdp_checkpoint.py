@@ -3,8 +3,9 @@
 Saving: dense tensors go to DCP as DTensors (each rank writes its shard). An expert parameter is
 a DTensor over the ranks holding the same experts, sharded on dim 0, the expert dimension, so
 each rank's shard is whole experts: it writes those rows under their global expert ids.
-Loading: the checkpoint dict checkpoint.py builds for this rank (its experts, dense tensors in
-full) is cut to this rank's shards (`distribute_tensor` with no communication: every rank
+Loading: the checkpoint dict checkpoint.py builds for this rank (its experts; dense tensors as
+this rank's DTensor chunks, read chunk by chunk, or in full from a single-file checkpoint) is cut
+to this rank's shards (`distribute_tensor` with no communication: every rank
 already has the full tensor) and copied into the model and the optimizer. So a checkpoint saved
 at any N, P, with or without FSDP, resumes here, and this path's checkpoints resume on the others.
 """
@@ -70,6 +71,8 @@ def localize_experts(checkpoint: dict[str, Any], module: nn.Module, optimizers: 
 
 def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`full` as `like` holds it: this rank's DTensor shard, or the plain tensor."""
+    if isinstance(full, DTensor):  # read as this rank's chunk already (checkpoint.read_tensors)
+        return full.to(dtype=like.dtype)
     if isinstance(like, DTensor) and full.shape == like.shape:
         full = full.to(device=like.device, dtype=like.dtype)
         return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
