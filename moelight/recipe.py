@@ -209,8 +209,17 @@ class Recipe(Section):
     def dispatcher_params(self):
         return dispatchers.params(self.dispatcher, "dispatcher")[1]
 
+    def full_dump(self) -> dict[str, Any]:
+        """`model_dump(mode="json")` with the router's and dispatcher's parameters spelled out
+        (the plugins' defaults included), so that a saved recipe reads back as the same run even
+        when the file named only `name:`."""
+        data = self.model_dump(mode="json")
+        for section, params in (("router", self.router_params()), ("dispatcher", self.dispatcher_params())):
+            data[section] = {"name": data[section]["name"], **params.model_dump(mode="json")}
+        return data
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.full_dump(), sort_keys=False)
 
 
 # ---- loading -------------------------------------------------------------------------

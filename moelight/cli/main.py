@@ -1,4 +1,4 @@
-"""`moelight <verb>`: fit, plugins, profile, bench, convert, eval."""
+"""`moelight <verb>`: fit, plugins, profile, bench, convert, eval, report."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ VERBS = {
     "bench": ("moelight.cli.bench", "benchmark dispatchers, layers and all2all"),
     "convert": ("moelight.cli.convert", "Hugging Face MoE checkpoints in and out"),
     "eval": ("moelight.cli.eval", "lm-evaluation-harness tasks on checkpoints, with their own routing"),
+    "report": ("moelight.cli.report", "summaries and side-by-side curves of training runs"),
 }
 
 err_console = Console(stderr=True)
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     try:
-        module = importlib.import_module(VERBS[verb][0])
+        # `fit --help` reads the recipe without importing Lightning (fit_help.py)
+        name = "moelight.cli.fit_help" if verb == "fit" and {"-h", "--help"} & set(rest) else VERBS[verb][0]
+        module = importlib.import_module(name)
         code = module.run(rest)
     except MoelightError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)

@@ -17,6 +17,7 @@ from moelight.recipe import Recipe, validate_recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
 from moelight.training.nonfinite import step_skipped, update_overflow, updates_taken
 from moelight.training.optim import build_optimizer
+from moelight.training.throughput import ThroughputWindow
 from moelight.training.router_hooks import (
     after_optimizer_step,
     begin_router_step,
@@ -45,6 +46,7 @@ class MoELanguageModel(L.LightningModule):
         self.model = None
         self.val_loss = MeanMetric()
         self._t_last: float | None = None
+        self.throughput = ThroughputWindow()
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -56,6 +58,7 @@ class MoELanguageModel(L.LightningModule):
             load_init_weights(self.model, self.recipe.model.init_from)
 
     def setup(self, stage: str) -> None:
+        self.throughput = ThroughputWindow(self.trainer.log_every_n_steps)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "vocab_size"):
             check_vocab(self.recipe, datamodule.vocab_size)
@@ -79,9 +82,9 @@ class MoELanguageModel(L.LightningModule):
                 self.log(f"aux/{name}/l{layer.ctx.layer_index}", value.detach())
         self.log_dict(router_scalars(self.model.moe_layers))
         now = time.perf_counter()
-        if self._t_last is not None:
-            tokens = batch[0].numel() * self.trainer.world_size
-            self.log("tokens_per_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True)
+        if self._t_last is not None:  # the time since the previous step: forward, backward, update
+            self.throughput.add(batch[0].numel() * self.trainer.world_size, now - self._t_last)
+            self.log("tokens_per_s", self.throughput.rate(), prog_bar=True)  # over the last steps
         self._t_last = now
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
             metrics = routing_metrics(self.model.moe_layers) | dispatch_metrics(self.model.moe_layers)
