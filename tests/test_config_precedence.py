@@ -53,7 +53,9 @@ def test_command_line_beats_config_in_every_order(order, config_file, capsys):
     assert cfg["optim"]["lr"] == 0.005
 
 
-@pytest.mark.parametrize("order", list(itertools.permutations(["config", "recipe flag", "override"])), ids="|".join)
+@pytest.mark.parametrize(
+    "order", list(itertools.permutations(["config", "recipe flag", "override"])), ids="|".join
+)
 def test_print_recipe_and_the_trainer_agree(order, config_file, capsys):
     argv = [a.replace("CONFIG", config_file) for item in order for a in ITEMS[item]]
     recipe = printed(capsys, [*argv, "--print-recipe"])

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,8 +23,8 @@ from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.outside_loop_signals import Interrupted, held, late_signal, signals_outside_training
 from moelight.training.run_dir import prepare_run
-from moelight.training.signals import exit_code, stop_signal
 from moelight.training.run_record import RunRecord
+from moelight.training.signals import exit_code, stop_signal
 
 console = Console()
 
@@ -56,7 +56,7 @@ def print_summary(trainer, recipe: Recipe, wall: float) -> None:
     if plots.is_dir():
         lines.append(f"  plots: {plots}/ (moelight report {recipe.trainer.out_dir})")
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def run(argv: list[str]) -> int:
@@ -98,7 +98,7 @@ def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None, header: str | None =
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     header = header or model_header(recipe)
     if trainer.is_global_zero:  # one header per job, not one per rank
-        console.print(header)
+        console.print(header, soft_wrap=True)  # one line, also in a log file
     Path(recipe.trainer.out_dir).mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         with held():

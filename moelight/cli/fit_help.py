@@ -89,11 +89,17 @@ def help_text(recipe: Recipe, recipe_file: str | None) -> str:
         lines += field_lines(f"{section}.", getattr(recipe, section))
         if section == "model":
             for plugin in ("router", "dispatcher"):
-                lines.append(f"{plugin} ({getattr(recipe, plugin)['name']}; `moelight plugins` lists each one's):")
+                lines.append(
+                    f"{plugin} ({getattr(recipe, plugin)['name']}; `moelight plugins` lists each one's):"
+                )
                 lines += plugin_lines(plugin, getattr(recipe, plugin))
     lines.append("other:")
-    lines.append(f"{'  seed: int = ' + str(recipe.seed):<52} seeds everything (there is no --seed_everything)")
-    lines.append(f"{'  plugins: list[str] = ' + str(recipe.plugins):<52} extra modules or .py files to import")
+    lines.append(
+        f"{'  seed: int = ' + str(recipe.seed):<52} seeds everything (there is no --seed_everything)"
+    )
+    lines.append(
+        f"{'  plugins: list[str] = ' + str(recipe.plugins):<52} extra modules or .py files to import"
+    )
     return "\n".join(lines)
 
 
@@ -110,7 +116,8 @@ def recipe_args(argv: list[str]) -> tuple[str | None, list[str]]:
             i += 1
         section, _, field = name.partition(".")
         is_recipe = section in Recipe.model_fields and (
-            section != "trainer" or field.split(".")[0] in Recipe.model_fields["trainer"].annotation.model_fields
+            section != "trainer"
+            or field.split(".")[0] in Recipe.model_fields["trainer"].annotation.model_fields
         )
         if eq and is_recipe and name != "resume":
             overrides.append(f"{name}={value}")

@@ -95,6 +95,19 @@ def config_files_first(args: list[str]) -> tuple[list[str], str | None]:
     return configs + rest, print_flags
 
 
+PRINT_FLAGS = {"skip_null": "skip_unset", "skip_unset": "skip_unset", "skip_default": "skip_default"}
+
+
+def print_config_options(flags: str) -> dict[str, bool]:
+    """`--print_config[=skip_unset,skip_default]` as `parser.dump` options (jsonargparse's flags)."""
+    options = {"skip_unset": False}
+    for flag in filter(None, flags.split(",")):
+        if flag not in PRINT_FLAGS:
+            raise MoelightError(f"--print_config: unknown flag {flag!r}; allowed: skip_unset, skip_default")
+        options[PRINT_FLAGS[flag]] = True
+    return options
+
+
 # The parser keys a recipe key sets, where they differ from the recipe key itself.
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     **{f"{section}.{name}": (f"trainer.{arg}",) for arg, (section, name) in ALIASES.items()},
@@ -196,7 +209,7 @@ class MoelightCLI(LightningCLI):
         if self.overrides:
             self.apply_overrides()
         if print_flags is not None:
-            print(parser.dump(self.config, skip_none="skip_null" in print_flags), end="")
+            print(parser.dump(self.config, **print_config_options(print_flags)), end="")
             raise SystemExit(0)
 
     def apply_overrides(self) -> None:

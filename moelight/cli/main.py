@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(name)
         code = module.run(rest)
     except MoelightError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

@@ -74,7 +74,9 @@ def read_summary(out_dir: Path) -> Summary | None:
         return None
 
 
-def summarize(rows: list[dict[str, float]], steps: int, mean_tps: float | None, wall_s: float, ckpts: str) -> Summary:
+def summarize(
+    rows: list[dict[str, float]], steps: int, mean_tps: float | None, wall_s: float, ckpts: str
+) -> Summary:
     vals = [(r["val_loss"], int(r["step"])) for r in rows if "val_loss" in r]
     best = min(vals) if vals else (None, None)
     return Summary(

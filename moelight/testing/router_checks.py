@@ -151,7 +151,9 @@ def _check_weights_reach_parameters(
     """The language-model loss reaches the router only through the combine weights: each trainable
     parameter must get a gradient from them alone (aux losses off)."""
     if weighted.requires_grad:
-        grads = torch.autograd.grad(weighted.sum(), list(trainable.values()), allow_unused=True, retain_graph=True)
+        grads = torch.autograd.grad(
+            weighted.sum(), list(trainable.values()), allow_unused=True, retain_graph=True
+        )
     else:
         grads = [None] * len(trainable)
     detached = [n for n, g in zip(trainable, grads) if g is None]

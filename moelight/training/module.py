@@ -17,13 +17,13 @@ from moelight.recipe import Recipe, validate_recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
 from moelight.training.nonfinite import step_skipped, update_overflow, updates_taken
 from moelight.training.optim import build_optimizer
-from moelight.training.throughput import ThroughputWindow
 from moelight.training.router_hooks import (
     after_optimizer_step,
     begin_router_step,
     discard_router_step,
     router_scalars,
 )
+from moelight.training.throughput import ThroughputWindow
 
 
 def check_vocab(recipe: Recipe, tokenizer_vocab: int) -> None:

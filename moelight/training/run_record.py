@@ -37,7 +37,9 @@ class RunRecord(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
-        self.rows.append({"step": trainer.global_step, "val_loss": float(trainer.callback_metrics["val/loss"])})
+        self.rows.append(
+            {"step": trainer.global_step, "val_loss": float(trainer.callback_metrics["val/loss"])}
+        )
         if trainer.is_global_zero:
             write_history(self.out_dir, self.rows)  # kept current: a killed run leaves its curves
 
