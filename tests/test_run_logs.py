@@ -41,7 +41,8 @@ def finished(tmp_path_factory) -> tuple[Path, str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MOELIGHT_CACHE", str(root / "cache"))
         mp.setattr(sys, "stdout", out)
-        args = [*TINY, "trainer.progress_bar=true", "trainer.log_every_n_steps=2", "trainer.max_steps=6"]
+        args = [*TINY, "trainer.progress_bar=true", "trainer.plots=true", "trainer.log_every_n_steps=2"]
+        args += ["trainer.max_steps=6"]
         assert main(["fit", *args, f"trainer.out_dir={root / 'run'}"]) == 0
     return root / "run", out.getvalue()
 

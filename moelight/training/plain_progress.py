@@ -38,18 +38,18 @@ class PlainProgress(ProgressBar):
     def disable(self) -> None:
         self._enabled = False
 
-    def _print(self, line: str) -> None:
-        if self._enabled:
+    def _print(self, trainer: L.Trainer, line: str) -> None:
+        if self._enabled and trainer.is_global_zero:  # one line per job, not one per rank
             print(line, flush=True)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         if step % trainer.log_every_n_steps == 0 or step == trainer.max_steps:
-            self._print(step_line(step, trainer.max_steps, step_values(trainer)))
+            self._print(trainer, step_line(step, trainer.max_steps, step_values(trainer)))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
         loss = float(trainer.callback_metrics["val/loss"])
         width = len(str(trainer.max_steps))
-        self._print(f"step {trainer.global_step:>{width}}/{trainer.max_steps}  val loss {loss:.4f}")
+        self._print(trainer, f"step {trainer.global_step:>{width}}/{trainer.max_steps}  val loss {loss:.4f}")

@@ -134,7 +134,7 @@ def moelight_callbacks(
     ]
     if progress_bar:  # a live bar on a terminal; plain lines that survive a log file otherwise
         callbacks.append(StepProgressBar() if sys.stdout.isatty() else PlainProgress())
-    callbacks.append(RunRecord(t.out_dir, checkpoint_dir(recipe)))  # history, summary, plots/
+    callbacks.append(RunRecord(t.out_dir, checkpoint_dir(recipe), plots=t.plots))  # history, summary, plots/
     if has_loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if not checkpointing:  # Trainer(enable_checkpointing=False) refuses checkpoint callbacks
