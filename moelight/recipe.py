@@ -144,7 +144,8 @@ class TrainerConfig(Section):
     progress_bar: bool = Field(True, description="rich progress bar (Lightning's enable_progress_bar)")
     checkpoint_every_n_steps: int = Field(100, gt=0, description="save a checkpoint every n steps")
     plots: bool = Field(
-        True, description="at the end, draw loss, tokens/s, load balance and devices per token in out_dir/plots/"
+        True,
+        description="at the end, draw loss, tokens/s, load balance and devices per token in out_dir/plots/",
     )
     compile: bool = False
     on_nonfinite: Literal["stop", "skip"] = Field(

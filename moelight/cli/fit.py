@@ -25,6 +25,7 @@ from moelight.training.outside_loop_signals import Interrupted, held, late_signa
 from moelight.training.run_dir import prepare_run
 from moelight.training.run_record import RunRecord
 from moelight.training.signals import exit_code, stop_signal
+from moelight.training.threads import choose_threads
 
 console = Console()
 
@@ -83,8 +84,9 @@ def _run(argv: list[str]) -> int:
     # it refuses a mismatching resume before anything in the run directory is written.
     with held():  # may move an earlier run aside: never half done
         ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
+    threads = choose_threads()  # CPU runs on a busy machine: the idle cores (threads.py)
     cli.build_classes()
-    return fit_cli(cli, ckpt_path, header)
+    return fit_cli(cli, ckpt_path, f"{header}, {threads} CPU thread{'s' * (threads > 1)}")
 
 
 def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:

@@ -1,20 +1,16 @@
 """Lightning's rich progress bar, labelled by step (runs are step-based, epochs are meaningless
-here), narrow enough for an 80-column terminal: a short bar, no it/s column (tokens/s says it),
-and three short metrics."""
+here), narrow enough for an 80-column terminal: a short bar, the time left, no it/s column
+(tokens/s says it), and three short metrics."""
 
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.callbacks.progress.rich_progress import (
-    BatchesProcessedColumn,
-    CustomBarColumn,
-    CustomTimeColumn,
-)
-from rich.progress import TextColumn
+from lightning.pytorch.callbacks.progress.rich_progress import BatchesProcessedColumn, CustomBarColumn
+from rich.progress import TextColumn, TimeRemainingColumn
 
 # Logged name -> (shown name, format). Everything else stays in the logs, off the bar.
 SHOWN = {"train/loss": ("loss", ".3f"), "val/loss": ("val", ".3f"), "tokens_per_s": ("tok/s", ",.0f")}
-BAR_WIDTH = 10
+BAR_WIDTH = 8
 
 
 def short_metrics(metrics: dict) -> dict[str, str]:
@@ -42,7 +38,7 @@ class StepProgressBar(RichProgressBar):
                 pulse_style=self.theme.progress_bar_pulse,
             ),
             BatchesProcessedColumn(style=self.theme.batch_progress),
-            CustomTimeColumn(style=self.theme.time),
+            TimeRemainingColumn(),  # the time left only: the summary gives the wall time
         ]
 
     def get_metrics(self, trainer, pl_module) -> dict[str, str]:
