@@ -178,6 +178,23 @@ class ProfileConfig(Section):
     )
 
 
+def spelled_out(params: BaseModel) -> dict[str, Any]:
+    """A plugin's parameters with every default that applies written out: the fields given, plus
+    each default the plugin's own validation accepts as given (a plugin may refuse a parameter
+    of another mode being set, e.g. balanced's `method: bias` parameters under `noisy_cv`)."""
+    values = params.model_dump(mode="json")
+    out = {k: values[k] for k in params.model_fields_set}
+    for name in type(params).model_fields:
+        if name in out:
+            continue
+        try:
+            type(params).model_validate({**out, name: values[name]})
+        except ValidationError:
+            continue  # does not apply with these settings
+        out[name] = values[name]
+    return {name: out[name] for name in type(params).model_fields if name in out}
+
+
 def _default_router() -> dict[str, Any]:
     return {"name": "topk"}
 
@@ -219,7 +236,7 @@ class Recipe(Section):
         when the file named only `name:`."""
         data = self.model_dump(mode="json")
         for section, params in (("router", self.router_params()), ("dispatcher", self.dispatcher_params())):
-            data[section] = {"name": data[section]["name"], **params.model_dump(mode="json")}
+            data[section] = {"name": data[section]["name"], **spelled_out(params)}
         return data
 
     def to_yaml(self) -> str:
