@@ -1,7 +1,7 @@
 """A small training run with or without expert parallelism, for tests/test_expert_parallel.py.
 
     python tests/ep_train_worker.py OUT_DIR --ep P --devices N --batch B --steps S
-        [--dispatcher NAME] [--resume PATH] [--placement FILE] [--dump] [--cache DIR]
+        [--dispatcher NAME] [--resume PATH] [--placement FILE] [--dump] [--cache DIR] [--init-from PATH]
 
 Lightning launches the other ranks by re-running this command line (its subprocess launcher).
 Writes, from rank 0, OUT_DIR/losses.json (the global-mean loss of every step) and saves
@@ -62,7 +62,7 @@ def recipe_overrides(args) -> list[str]:
         f"parallel.expert_parallel={args.ep}",
         f"parallel.placement={args.placement or 'contiguous'}",
         "seed=7",
-    ]
+    ] + ([f"model.init_from={args.init_from}"] if getattr(args, "init_from", None) else [])
 
 
 def global_state(module, optimizer) -> dict[str, torch.Tensor]:
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--resume")
     parser.add_argument("--placement")
     parser.add_argument("--dump", action="store_true")
+    parser.add_argument("--init-from", help="model.init_from: the weights every rank starts from")
     parser.add_argument("--cache", help="tokenised-corpus cache shared between runs")
     args = parser.parse_args()
     out = Path(args.out)

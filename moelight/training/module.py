@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from moelight.errors import ConfigError
 from moelight.model.build import build_model
 from moelight.model.init_from import load_init_weights
+from moelight.model.meta_params import parameters_on_meta
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe, validate_recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
@@ -53,9 +54,14 @@ class MoELanguageModel(L.LightningModule):
             return
         # An expert-parallel strategy exposes where this rank sits; otherwise one device holds all.
         ep = getattr(self.trainer.strategy, "ep_context", None) if self._trainer else None
-        self.model = build_model(self.recipe, ep or ExpertParallelContext())
-        if self.recipe.model.init_from:
-            load_init_weights(self.model, self.recipe.model.init_from)
+        if not self.recipe.model.init_from:
+            self.model = build_model(self.recipe, ep or ExpertParallelContext())
+            return
+        # Weights to be loaded need no initial values: no parameter memory until each is read.
+        with parameters_on_meta():
+            model = build_model(self.recipe, ep or ExpertParallelContext())
+        load_init_weights(model, self.recipe.model.init_from)
+        self.model = model  # only once loaded: teardown after a failed load moves no meta tensors
 
     def setup(self, stage: str) -> None:
         self.throughput = ThroughputWindow(self.trainer.log_every_n_steps)
