@@ -48,6 +48,7 @@ class MoELanguageModel(L.LightningModule):
         self.val_loss = MeanMetric()
         self._t_last: float | None = None
         self.throughput = ThroughputWindow()
+        self.grad_norm: torch.Tensor | None = None  # before clipping, set by configure_gradient_clipping
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -104,6 +105,21 @@ class MoELanguageModel(L.LightningModule):
             discard_router_step(self.model.moe_layers)
         else:
             after_optimizer_step(self.model.moe_layers)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clipping by norm is by the norm of the whole model's gradient: a distributed strategy
+        whose gradients are split over ranks (experts, FSDP shards) provides `clip_grad_norm`.
+        The norm before clipping is kept in `grad_norm` (for logging and the tests)."""
+        if not gradient_clip_val or gradient_clip_algorithm == "value":
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip = getattr(self.trainer.strategy, "clip_grad_norm", None)
+        if clip is not None:
+            self.grad_norm = clip(optimizer, float(gradient_clip_val))
+        else:
+            params = list(self.trainer.precision_plugin.main_params(optimizer))
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         if not step_skipped(self.trainer):  # the schedule counts updates taken
