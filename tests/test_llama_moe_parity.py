@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from moelight.cli.main import main
 from moelight.hf.convert_dirs import export_from_checkpoint, import_to_dir
 from moelight.hf.tiny import make_tiny_llama_moe_checkpoint
+from moelight.load import load_init_weights
 from moelight.model.build import build_model
-from moelight.model.init_from import load_init_weights
 from moelight.recipe import load_recipe
 
 PAPER_LISTS = (

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from moelight.errors import ConfigError
+from moelight.load import load_init_weights
 from moelight.model.build import build_model
-from moelight.model.init_from import load_init_weights
 from moelight.model.meta_params import parameters_on_meta
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe, validate_recipe
