@@ -131,14 +131,15 @@ def bench_router_overrides(arm: Arm) -> list[str]:
 # --- (b) training -----------------------------------------------------------------------------
 
 
-def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    """(steps, val losses) from the run's CSV log (the last value logged at each step)."""
+def read_curve(run_dir: Path, every: int) -> tuple[list[int], list[float]]:
+    """(steps, val losses) from the run's CSV log (the last value logged at each step). Lightning
+    logs the validation after step n*every at step n*every - 1: the curve uses n*every."""
     rows: dict[int, float] = {}
     for path in sorted(run_dir.rglob("metrics.csv")):
         with path.open() as f:
             for row in csv.DictReader(f):
                 if row.get("val/loss"):
-                    rows[int(row["step"])] = float(row["val/loss"])
+                    rows[-(-(int(row["step"]) + 1) // every) * every] = float(row["val/loss"])
     steps = sorted(rows)
     return steps, [rows[s] for s in steps]
 
@@ -155,7 +156,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if job["reuse"] and done.is_file():
         return json.loads(done.read_text())
     ckpt, seconds = fit_run(RECIPE, job["overrides"], run_dir, False)
-    steps, losses = read_curve(run_dir)
+    steps, losses = read_curve(run_dir, job["eval_every"])
     meta = profile_run(ckpt, run_dir / "profile", False, job["val_tokens"])
     layers, e = meta["num_layers"], meta["num_experts"]
     if job["placement"] == "base":
@@ -252,6 +253,7 @@ def train_stage(args, out: Path, arms: list[Arm], base_ckpt: Path, base_profile:
                 "reuse": args.reuse,
                 "val_tokens": args.val_tokens or None,
                 "threads": args.threads,
+                "eval_every": args.eval_every,
                 "placement": arm.placement,
                 "base_placement": str(base_profile / f"placement-{P}.json"),
             }
@@ -259,6 +261,13 @@ def train_stage(args, out: Path, arms: list[Arm], base_ckpt: Path, base_profile:
     print(f"== (b) {len(jobs)} continued runs of {args.steps} steps, {args.workers} at a time", flush=True)
     results: dict[str, dict[int, dict[str, Any]]] = {a.name: {} for a in arms}
     t0 = time.perf_counter()
+    for name, seed, job in list(jobs):  # finished runs are read here, without a worker
+        done = Path(job["run_dir"]) / "result.json"
+        if args.reuse and done.is_file():
+            results[name][seed] = json.loads(done.read_text())
+            jobs.remove((name, seed, job))
+    if not jobs:
+        return results
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_job, job): (name, seed) for name, seed, job in jobs}
         for n, (future, (name, seed)) in enumerate(futures.items(), 1):

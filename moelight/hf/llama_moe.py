@@ -182,6 +182,19 @@ class LlamaMoe(Architecture):
                 f"--arch {arch}: the c2r router's selection bias (bias_update_rate, load-aware C2R) is not "
                 "part of LLaMA-MoE's gate: the export would route differently; allowed: bias_update_rate: 0"
             )
+        if router["name"] == "c2r":
+            variants = {
+                "penalty": params.get("penalty") is not None,
+                "collaborators: online": params.get("collaborators") == "online",
+                "layer_top_t": params.get("layer_top_t") is not None,
+            }
+            used = [name for name, on in variants.items() if on]
+            if used:
+                raise MoelightError(
+                    f"--arch {arch}: the c2r variant(s) {', '.join(used)} are not the C2R paper's rule that "
+                    "LLaMA-MoE's patched gate runs (one top_t, fixed lists, hard mask): the export would "
+                    "route differently; allowed: penalty: null, collaborators: profile, layer_top_t: null"
+                )
         warnings: list[str] = []
         if params.get("z_loss_coef") or params.get("aux_loss_coef"):
             warnings.append(
