@@ -309,7 +309,12 @@ def measure_stage(args, out: Path, arms: list[Arm], results, base_profile: Path)
             arm_of[label] = arm.name
     args_ep = ep.Args(
         recipe=str(RECIPE),
-        overrides=["dispatcher.name=grouplocal", f"parallel.expert_parallel={P}", f"trainer.devices={P}"],
+        overrides=[
+            "dispatcher.name=grouplocal",
+            f"parallel.expert_parallel={P}",
+            f"trainer.devices={P}",
+            f"data.batch_size={args.bench_batch}",
+        ],
         procs=P,
         steps=args.bench_steps,
         warmup=args.bench_warmup,
@@ -317,6 +322,7 @@ def measure_stage(args, out: Path, arms: list[Arm], results, base_profile: Path)
         links=[args.link],
         custom=None,
         config_overrides=configs,
+        match_reference_ratio=True,
     )
     result = ep.run_repeated(args_ep, args.bench_repeats)
     result["arm_of"] = arm_of
@@ -374,12 +380,21 @@ def parse(argv: list[str] | None):
     ap.add_argument("--bench-steps", type=int, default=5, help="timed steps per configuration")
     ap.add_argument("--bench-warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--bench-repeats", type=int, default=3, help="whole bench ep measurements")
+    ap.add_argument("--bench-batch", type=int, default=4, help="sequences per rank per timed step")
     ap.add_argument("--no-ep-tables", action="store_true", help="skip the ep-bench.yaml tables")
     ap.add_argument("--docs", default=str(ROOT / "docs"), help="where the page and figure go")
     ap.add_argument("--reuse", action="store_true", help="skip stages whose outputs exist")
     ap.add_argument("--no-report", action="store_true", help="measure only; leave docs/ alone")
     args = ap.parse_args(argv)
-    for name in ("steps", "eval_every", "eval_batches", "bench_steps", "bench_repeats", "workers"):
+    for name in (
+        "steps",
+        "eval_every",
+        "eval_batches",
+        "bench_steps",
+        "bench_repeats",
+        "bench_batch",
+        "workers",
+    ):
         if getattr(args, name) < 1:
             ap.exit(2, f"error: --{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})\n")
     if args.steps % args.eval_every:

@@ -87,3 +87,19 @@ def test_repeats_below_one():
     assert proc.returncode == 2
     assert "--repeats" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_calibration_for_narrow_experts_keeps_the_reference_ratio():
+    from moelight.bench.link import PRESETS, REFERENCES, calibrate
+
+    ib, ref = PRESETS["infiniband"], REFERENCES["llama-moe"]
+    cpu, layer = 5e9, 1e9
+    plain = calibrate(ib, cpu, layer, ref)
+    narrow = calibrate(ib, cpu, layer, ref, run_flops_per_row_byte=96.0)  # FFN 64, fp32: 6 x 64 / 4
+    assert narrow.rate_per_rank == pytest.approx(plain.rate_per_rank * ref.flops_per_row_byte() / 96.0)
+    assert narrow.latency_s == plain.latency_s
+    # a row's transfer over its expert compute: the reference's (4128 FLOPs per row-byte) at the GPU
+    row_bytes, row_flops = 256.0, 96.0 * 256.0
+    ratio = (row_bytes / narrow.rate_per_rank) / (row_flops / cpu)
+    real = (1 / (ib.bandwidth_gbs * 1e9)) / (ref.flops_per_row_byte() / (ib.gpu_tflops * 1e12))
+    assert ratio == pytest.approx(real)

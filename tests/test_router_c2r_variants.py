@@ -218,3 +218,39 @@ def test_online_needs_refresh_every():
         build("c2r", "online", top_t=2)
     with pytest.raises(Exception, match="refresh_every"):
         build("c2r", top_t=2, refresh_every=5)
+
+
+def _online_rank_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        router = build("c2r", "online", top_t=2, refresh_every=2)
+        torch.manual_seed(100 + rank)  # each rank routes its own tokens
+        batches = [torch.randn(150, D) + rank for _ in range(2)]
+        outs = train_steps(router, batches)
+        torch.save({"chosen": [o.logits.topk(K, -1).indices for o in outs], "lists": router.online_lists},
+                   f"{out}.rank{rank}.pt")  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_online_lists_use_the_counts_of_every_rank(tmp_path):
+    """Two gloo ranks with different tokens derive the same lists: those of both ranks' counts."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "online")
+    mp.spawn(_online_rank_worker, args=(port, out), nprocs=2)
+    res = [torch.load(f"{out}.rank{r}.pt") for r in range(2)]
+    counts = sum(coactivation_reference(c, E) for r in res for c in r["chosen"])
+    local = sum(coactivation_reference(c, E) for c in res[0]["chosen"])
+    expected = lists_from_counts_reference(counts)
+    assert not torch.equal(expected, lists_from_counts_reference(local))  # the sum matters
+    for r in res:
+        assert torch.equal(r["lists"], expected)

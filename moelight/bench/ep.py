@@ -177,6 +177,9 @@ class Args:
     json_path: str | None = None
     # label -> recipe overrides, replacing the standard configurations (the first is the baseline)
     config_overrides: dict[str, list[str]] | None = None
+    # scale the preset's rate so the reference model's all2all-to-expert-compute ratio holds for a
+    # recipe with narrower experts (`link.calibrate`'s run_flops_per_row_byte)
+    match_reference_ratio: bool = False
 
     def configurations(self, num_experts: int) -> dict[str, list[str]]:
         if self.config_overrides:
@@ -229,7 +232,11 @@ def _links(args: Args, cpu_flops: float, run_layer_flops: float) -> list[Emulate
         elif name == "custom":
             out.append(custom_link(*args.custom))
         else:
-            out.append(calibrate(PRESETS[name], cpu_flops, run_layer_flops, ref))
+            run_fpb = None
+            if args.match_reference_ratio:
+                m = load_recipe(args.recipe, args.overrides).model
+                run_fpb = 6.0 * m.expert_ffn_hidden_size / 4  # fp32 rows
+            out.append(calibrate(PRESETS[name], cpu_flops, run_layer_flops, ref, run_fpb))
     return out
 
 

@@ -167,7 +167,8 @@ class C2RRouter(Router):
                 # Saved with checkpoints so that a resumed run routes and refreshes exactly as before.
                 self.register_buffer("online_lists", lists)
                 self.register_buffer("online_counts", torch.zeros(e, e))
-                self.register_buffer("online_ready", torch.zeros((), dtype=torch.bool))
+                # long, not bool: DDP broadcasts buffers, and 0/1 travels on every backend
+                self.register_buffer("online_ready", torch.zeros((), dtype=torch.long))
                 self.register_buffer("online_steps", torch.zeros((), dtype=torch.long))
                 self.register_buffer("online_pending", torch.zeros(e, e), persistent=False)
             elif params.collaborators == "profile":
@@ -346,7 +347,7 @@ class C2RRouter(Router):
         table, _ = self._profile_candidates(lists.cpu(), self.top_t)
         self.candidates.copy_(table.to(self.candidates.device))
         self.online_counts.zero_()
-        self.online_ready.fill_(True)
+        self.online_ready.fill_(1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
