@@ -364,7 +364,7 @@ def parse(argv: list[str] | None):
     ap.add_argument("--eval-every", type=int, default=50, help="steps between validation-loss points")
     ap.add_argument("--eval-batches", type=int, default=16, help="validation batches per curve point")
     ap.add_argument("--seeds", type=comma(int), default=[2024, 2025, 2026], help="data-order seeds")
-    ap.add_argument("--penalties", type=comma(float), default=[1.0], help="soft C2R penalties (logits)")
+    ap.add_argument("--penalties", type=comma(float), default=[0.3, 1.0], help="soft C2R penalties (logits)")
     ap.add_argument("--online-top-t", type=int, default=2, help="online C2R's T")
     ap.add_argument("--refresh-every", type=int, default=50, help="online C2R's steps between list refreshes")
     ap.add_argument("--budget", type=float, default=1.25, help="per-layer T: devices-per-token budget at P=4")

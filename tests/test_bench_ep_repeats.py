@@ -103,3 +103,44 @@ def test_calibration_for_narrow_experts_keeps_the_reference_ratio():
     ratio = (row_bytes / narrow.rate_per_rank) / (row_flops / cpu)
     real = (1 / (ib.bandwidth_gbs * 1e9)) / (ref.flops_per_row_byte() / (ib.gpu_tflops * 1e12))
     assert ratio == pytest.approx(real)
+
+
+def test_assemble_limit_and_fraction_to_limit_by_hand():
+    """limit = the configuration's per-step (step - exposed all2all), median; fraction = (baseline -
+    step) / (baseline - limit); the table's limit row is the lowest limit."""
+    configs = {
+        "base": ["dispatcher.rows=per_expert", "dispatcher.overlap=false"],
+        "ov": ["dispatcher.rows=per_device"],
+    }
+    args = ep.Args(
+        RECIPE, ["parallel.expert_parallel=2"], 2, 3, 1, 1, ["infiniband"], None, config_overrides=configs
+    )
+    recipe = load_recipe(RECIPE, args.overrides)
+    link = EmulatedLink("infiniband", 5.0, 1e5, 1e6, 1e-3, 1.0, "n")
+    counters = {"tokens": 100.0, "rows": 200.0, "remote_rows": 60.0, "bytes": 1e4, "device_visits": 150.0}
+
+    def entry(step, a2a):
+        return {"counters": counters, "step_ms": step, "all2all_ms": a2a, "skew_ms": [0.0] * 3,
+                "bytes_per_rank_step": [1.0] * 3, "calls_per_step": 20}  # fmt: skip
+
+    raw = {
+        "links": {
+            "infiniband": {
+                "link": link.as_dict(),
+                "configs": {
+                    "base": entry([1000.0, 1100.0, 900.0], [600.0, 700.0, 500.0]),
+                    "ov": entry([500.0, 520.0, 480.0], [60.0, 80.0, 40.0]),
+                },
+            }
+        },  # fmt: skip
+        "cpu_gflops_per_rank": [5.0, 5.0],
+        "call_overhead_ms": 1.0,
+    }
+    table = ep.assemble(args, recipe, raw, 1.0)["links"]["infiniband"]
+    base, ov = table["rows"]
+    assert base["limit_ms"] == pytest.approx(400.0) and base["fraction_to_limit"] == pytest.approx(0.0)
+    assert ov["limit_ms"] == pytest.approx(440.0)
+    assert ov["fraction_to_limit"] == pytest.approx((1000 - 500) / (1000 - 440))
+    assert ov["overlap"] and not base["overlap"]
+    assert table["limit"]["limit_ms"] == pytest.approx(400.0)
+    assert table["limit"]["speedup"] == pytest.approx(1000 / 400)
