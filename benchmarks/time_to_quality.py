@@ -336,7 +336,7 @@ def ep_tables_stage(args, out: Path) -> dict[str, Any]:
 
     args_ep = ep.Args(
         recipe=str(ROOT / "recipes" / "ep-bench.yaml"),
-        overrides=[],
+        overrides=["dispatcher.name=grouplocal", f"parallel.expert_parallel={P}"],  # as the CLI does
         procs=P,
         steps=args.bench_steps,
         warmup=args.bench_warmup,

@@ -351,6 +351,8 @@ def main(argv: list[str]) -> int:
     record = json.loads((run_dir / "results.json").read_text())
     load = lambda name: json.loads((run_dir / name).read_text()) if (run_dir / name).is_file() else None  # noqa: E731
     step_times, ep_tables = load("step_times.json"), load("ep_bench.json")
+    if ep_tables and "repeated" in ep_tables:  # `moelight bench ep --json` output
+        ep_tables = ep_tables["repeated"]
     record["summary"] = summarise(record, step_times)
     for path in write_reports(record, step_times, ep_tables, ROOT / "docs"):
         print(f"report: {path}")
