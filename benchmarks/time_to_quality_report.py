@@ -188,15 +188,19 @@ def frontier_section(record, summary, step_times, plotted: bool) -> str:
     loaded = step_times is not None and step_times["loaded"]
     lines = [BEGIN, "## Time to quality (emulated InfiniBand, P = 4)", ""]
     lines.append("Reproduce (training ~1 h on 2 shared cores; the step times alone: the second line):")
-    lines += ["", "```bash", "python benchmarks/time_to_quality.py --measure-steps",
-              "python benchmarks/time_to_quality.py --reuse --measure-steps   # re-measure step times only", "```", ""]  # fmt: skip
+    flag = f" --seeds {','.join(seeds)}"
+    lines += ["", "```bash", f"python benchmarks/time_to_quality.py --measure-steps{flag}",
+              f"python benchmarks/time_to_quality.py --reuse --measure-steps{flag}   # re-measure step times only",
+              "```", ""]  # fmt: skip
     lines.append(
         f"Each arm continues the 600-step top-k base for {record['steps']} steps (seeds {', '.join(seeds)}; lr 1e-3, "
         f"cosine to 10%), validation loss on the first {record['eval_batches']} validation batches every "
         f"{record['eval_every']} steps. Per-layer T: T = {record['layer_top_t']} (budget {record['budget']} "
         "devices/token under the base placement on 4 devices). Step time: `moelight bench ep` machinery at P = 4 on "
         "the InfiniBand preset, the arm's first-seed checkpoint loaded (its trained routing), its router, "
-        "dispatcher and placement; median [min-max] over repeats of each repeat's median step. Emulated time = "
+        "dispatcher and placement, 4 sequences of 128 tokens per rank and step, the link rate scaled so that the "
+        "all2all over the expert compute is LLaMA-MoE's (this model's experts carry 43x fewer FLOPs per row-byte: "
+        "`link.calibrate`'s run_flops_per_row_byte); median [min-max] over repeats of each repeat's median step. Emulated time = "
         "crossing step x median step time (the crossing linearly interpolated between evaluations)."
     )
     if step_times is not None:
@@ -216,34 +220,28 @@ def frontier_section(record, summary, step_times, plotted: bool) -> str:
     head = (
         "| configuration | step ms median [range] | "
         + " | ".join(
-            f"time to top-k final{'' if float(o) == 0 else f' + {float(o):g}'} (s) per seed" for o in offs
+            f"time to top-k final{'' if float(o) == 0 else f' + {float(o):g}'} (s; / top-k per-expert's) per seed"
+            for o in offs
         )
-        + " | vs top-k per-expert (target top-k final) |"
+        + " |"
     )
-    lines += [head, "|" + "---|" * (3 + len(offs))]
+    lines += [head, "|" + "---|" * (2 + len(offs))]
     for label, e in summary["labels"].items():
         ms = e["step_ms"]
         ms_txt = "-" if ms is None else f"{ms['median']:.0f} [{ms['min']:.0f}-{ms['max']:.0f}]"
         cells = []
         for o in offs:
             t = e["targets"][str(float(o))]
-            cells.append(
-                ", ".join(
-                    _fmt(t["seconds"][s])
-                    if ms
-                    else _fmt(t["crossing_step"][s], ".0f", "not reached")
-                    + (" steps" if t["crossing_step"][s] is not None else "")
-                    for s in seeds
-                )
-            )
-        r = e["targets"][str(float(offs[0]))]["vs_baseline"]
-        lines.append(
-            f"| {label} | {ms_txt} | "
-            + " | ".join(cells)
-            + " | "
-            + ", ".join(_fmt(r[s], ".2f", "—") for s in seeds)
-            + " |"
-        )
+            per_seed = []
+            for s in seeds:
+                if t["crossing_step"][s] is None:
+                    per_seed.append("not reached")
+                elif ms is None:
+                    per_seed.append(f"step {t['crossing_step'][s]:.0f}")
+                else:
+                    per_seed.append(f"{t['seconds'][s]:.0f} ({_fmt(t['vs_baseline'][s], '.2f', '—')})")
+            cells.append(", ".join(per_seed))
+        lines.append(f"| {label} | {ms_txt} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Final quality and devices per token (the whole run's profile on the first 196,608 validation tokens):",
