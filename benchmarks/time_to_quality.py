@@ -433,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             ep_tables_stage(args, out)
     step_times = json.loads(steps_file.read_text()) if steps_file.is_file() else None
     ep_tables = json.loads(ep_file.read_text()) if ep_file.is_file() else None
+    if ep_tables and "repeated" in ep_tables:  # written by `moelight bench ep --json`
+        ep_tables = ep_tables["repeated"]
     from time_to_quality_report import summarise, write_reports  # beside this script
 
     record = {

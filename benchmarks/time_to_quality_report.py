@@ -183,7 +183,7 @@ def plot(record: dict[str, Any], summary: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def frontier_section(record, summary, step_times, plotted: bool) -> str:
+def frontier_section(record, summary, step_times, plotted: bool, ep_tables=None) -> str:
     seeds = summary["seeds"]
     loaded = step_times is not None and step_times["loaded"]
     lines = [BEGIN, "## Time to quality (emulated InfiniBand, P = 4)", ""]
@@ -260,7 +260,7 @@ def frontier_section(record, summary, step_times, plotted: bool) -> str:
     if plotted:
         lines += ["![validation loss against emulated wall time](time-to-quality.png)", ""]
     lines += ["### Goals", ""]
-    lines += goals(record, summary, step_times, None)
+    lines += goals(record, summary, step_times, ep_tables)
     lines += ["", END]
     return "\n".join(lines)
 
@@ -329,7 +329,13 @@ def write_reports(record, step_times, ep_tables, docs: Path) -> list[Path]:
     summary = record.get("summary") or summarise(record, step_times)
     plotted = plot(record, summary, docs / "time-to-quality.png")
     out = [docs / "frontier.md"]
-    _splice(docs / "frontier.md", BEGIN, END, frontier_section(record, summary, step_times, plotted), None)
+    _splice(
+        docs / "frontier.md",
+        BEGIN,
+        END,
+        frontier_section(record, summary, step_times, plotted, ep_tables),
+        None,
+    )
     if ep_tables:
         _splice(
             docs / "benchmarks.md",
