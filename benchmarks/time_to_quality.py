@@ -33,6 +33,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -155,6 +156,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     done = run_dir / "result.json"
     if job["reuse"] and done.is_file():
         return json.loads(done.read_text())
+    if run_dir.exists():  # a run stopped mid-way restarts from its beginning
+        shutil.rmtree(run_dir)
     ckpt, seconds = fit_run(RECIPE, job["overrides"], run_dir, False)
     steps, losses = read_curve(run_dir, job["eval_every"])
     meta = profile_run(ckpt, run_dir / "profile", False, job["val_tokens"])
