@@ -294,7 +294,8 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
 
     # per-layer figures
     moe_set = set(recipe.model.moe_layers)
-    acts = [block_activations(recipe, s, i in moe_set) for i in range(recipe.model.n_layers)]
+    kinds = {moe: block_activations(recipe, s, moe) for moe in (False, True)}
+    acts = [kinds[i in moe_set] for i in range(recipe.model.n_layers)]
     layer_params = [
         counts.attention + (counts.moe_dense + experts_local // max(1, counts.moe_layers) if i in moe_set else counts.dense_ffn)
         for i in range(recipe.model.n_layers)
@@ -302,7 +303,8 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
     head_kept, head_fwd, head_bwd = _head_bytes(recipe, s)
     root = counts.embed + counts.head + counts.final_norm
 
-    transient_fixed = 0
+    transient_fixed = 0  # held through forward and backward
+    persistent = 0  # held always (DDP's buckets)
     weight_copy = [0] * len(acts)
     if s.fsdp:
         widest = max(layer_params, default=0)
@@ -319,7 +321,7 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
         if s.mixed:  # autocast's bf16 copy of each weight lives from its use to its backward
             weight_copy = [c * lp for lp in layer_params]
         if n > 1:
-            transient_fixed += ps * counts.dense  # DDP's gradient buckets
+            persistent += ps * counts.dense  # DDP's gradient buckets
         layer_grad = [0] * len(acts)
         grad_shard = [ps * lp for lp in layer_params]
         head_grad = head_grad_kept = ps * (counts.head or counts.embed)
@@ -331,8 +333,8 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
     head_copy = c * (counts.head or counts.embed) if (s.mixed and not s.fsdp) else 0
 
     phases: dict[str, int] = {
-        "forward (loss head)": kept_total + head_copy + head_fwd,
-        "backward (loss head)": kept_total + head_copy + head_bwd + head_grad,
+        "forward (loss head)": transient_fixed + kept_total + head_copy + head_fwd,
+        "backward (loss head)": transient_fixed + kept_total + head_copy + head_bwd + head_grad,
     }
     # backward walks the blocks top-down: the blocks below keep their activations, this one holds
     # all of its own (recomputed when checkpointed), and the gradients above are done
@@ -345,14 +347,14 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
         live = below + acts[i].full + weight_copy[i] + acts[i].backward_temp + grads_so_far + layer_grad[i]
         if live > walk_peak:
             walk_phase, walk_peak = f"backward (block {i})", live
-    phases[walk_phase] = walk_peak
+    phases[walk_phase] = transient_fixed + walk_peak
     # AdamW: foreach on CUDA makes one moment-sized temporary; the CPU loop one tensor's worth
     opt_temp = moment * (stored if s.device == "cuda" else max(counts.embed, counts.per_expert))
     if s.offload != "none":
         opt_temp = 0
     phases["optimizer step"] = grads + opt_temp
     phase, top = max(phases.items(), key=lambda kv: kv[1])
-    peak = params + optimizer + transient_fixed + top
+    peak = params + optimizer + persistent + top
     return MemoryPlan(
         setup=s,
         counts=counts,
@@ -361,7 +363,7 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
         optimizer=optimizer,
         activations=kept_total,
         logits=max(head_fwd, head_bwd),
-        transient=transient_fixed + (opt_temp if phase == "optimizer step" else 0),
+        transient=persistent + (opt_temp if phase == "optimizer step" else transient_fixed),
         peak=peak,
         peak_phase=phase,
         host=host,
