@@ -253,6 +253,17 @@ class MemoryPlan:
         ]
 
 
+def _saved_params(s: Setup, moe: bool, layer_params: int, attention: int) -> int:
+    """Parameters of a block that its non-checkpointed parts save for backward."""
+    if s.checkpointing == "full":
+        return 0
+    if s.checkpointing == "moe" and moe:
+        return attention
+    if s.checkpointing == "attention":
+        return layer_params - attention
+    return layer_params
+
+
 def _head_bytes(recipe: Recipe, s: Setup) -> tuple[int, int, int]:
     """(kept by the head after forward, its forward peak on top, its backward peak on top)."""
     T, d, v = s.tokens, recipe.model.hidden_size, recipe.model.vocab_size
@@ -310,24 +321,33 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
         widest = max(layer_params, default=0)
         gathered = 2 * c * widest + c * root  # this block + the prefetched next; the root unit
         transient_fixed += gathered
-        layer_grad = [4 * lp for lp in layer_params]  # unsharded until its reduce-scatter
+        # a block's unsharded gradient and the reduce-scatter's input: on CUDA two blocks are in
+        # flight; on CPU (gloo) FSDP2 keeps them until backward ends (measured: docs/benchmarks.md)
+        layer_grad = [8 * widest if s.device == "cuda" else 0] * len(layer_params)
         grad_shard = [ps * (lp - (experts_local // max(1, counts.moe_layers) if i in moe_set else 0)) / n
                       + (ps * experts_local // max(1, counts.moe_layers) / max(1, n // p) if i in moe_set else 0)
                       for i, lp in enumerate(layer_params)]
         grad_shard = [int(g) for g in grad_shard]
+        if s.device == "cpu":
+            grad_shard = [g + 8 * lp for g, lp in zip(grad_shard, layer_params, strict=True)]
         head_grad = 4 * (counts.embed + counts.head)  # unsharded before its reduce-scatter
         head_grad_kept = ps * (counts.embed + counts.head) // n
     else:
         if s.mixed:  # autocast's bf16 copy of each weight lives from its use to its backward
             weight_copy = [c * lp for lp in layer_params]
         if n > 1:
-            persistent += ps * counts.dense  # DDP's gradient buckets
+            # DDP's gradient buckets: the dense part (experts sync outside DDP when P > 1)
+            persistent += ps * (counts.dense + (experts_local if p == 1 else 0))
         layer_grad = [0] * len(acts)
         grad_shard = [ps * lp for lp in layer_params]
         head_grad = head_grad_kept = ps * (counts.head or counts.embed)
     if s.offload == "params":
         grad_shard = [0] * len(acts)
         head_grad_kept = 0
+    if s.fsdp and s.device == "cpu":
+        # measured on CPU (gloo): a block's gathered parameters that autograd saved stay until
+        # that block's backward, unless the block is checkpointed
+        weight_copy = [c * _saved_params(s, i in moe_set, lp, counts.attention) for i, lp in enumerate(layer_params)]
     kept = [a.kept + w for a, w in zip(acts, weight_copy, strict=True)]
     kept_total = sum(kept) + head_kept
     head_copy = c * (counts.head or counts.embed) if (s.mixed and not s.fsdp) else 0
