@@ -55,7 +55,7 @@ def main() -> None:
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     print(f"overrides: {' '.join(a.overrides) or '(quickstart)'}; repeats {a.repeats}; load average {load}")
-    print(f"| mode | median step (s) | ratio to none | measured peak (MB) |")
+    print("| mode | median step (s) | ratio to none | measured peak (MB) |")
     print("|---|---|---|---|")
     for mode in MODES:
         med = statistics.median(times[mode])

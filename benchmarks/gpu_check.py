@@ -61,32 +61,64 @@ def megablocks_available() -> bool:
 
 
 def pytest_step(timeout: float) -> Row:
-    code, tail = run_command([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], timeout)
+    code, tail = run_command(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], timeout
+    )
     last = tail.splitlines()[-1] if tail else ""
-    return Row("pytest -m gpu", "ok" if code == 0 else ("timed out" if code is None else f"exit {code}"), last)
+    return Row(
+        "pytest -m gpu", "ok" if code == 0 else ("timed out" if code is None else f"exit {code}"), last
+    )
 
 
 def layer_step(preset: str, timeout: float, out_dir: Path) -> Row:
     names = ["grouplocal", "sorted"] + (["megablocks"] if megablocks_available() else [])
     base = "megablocks" if "megablocks" in names else "sorted"
     out = out_dir / f"layer-{preset}.json"
-    cmd = [sys.executable, "-m", "moelight", "bench", "layer", "--preset", preset, "--device", "cuda",
-           "--dispatchers", ",".join(names), "--baseline", base, "--repeats", "20", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "moelight",
+        "bench",
+        "layer",
+        "--preset",
+        preset,
+        "--device",
+        "cuda",
+        "--dispatchers",
+        ",".join(names),
+        "--baseline",
+        base,
+        "--repeats",
+        "20",
+        "--json",
+        str(out),
+    ]
     code, tail = run_command(cmd, timeout)
     note = "" if "megablocks" in names else "MegaBlocks absent (not installed); "
     if code == 0 and out.is_file():
         data = json.loads(out.read_text())
         ratios = {c.get("label", c.get("name")): c.get("speedup") for c in data.get("candidates", [])}
         return Row(f"layer {preset}", "ok", note + f"speed-up vs {base}: {ratios}")
-    return Row(f"layer {preset}", "timed out" if code is None else f"exit {code}", note + tail.splitlines()[-1:][0] if tail else note)
+    return Row(
+        f"layer {preset}",
+        "timed out" if code is None else f"exit {code}",
+        note + tail.splitlines()[-1:][0] if tail else note,
+    )
 
 
 def slice_recipe(preset: str, checkpointing: str):
     """The paper recipe cut to one MoE block at its true widths, on one GPU, random weights."""
     from moelight.recipe import load_recipe
 
-    overrides = [*SLICE, f"trainer.activation_checkpointing={checkpointing}", "model.init_from=null",
-                 "parallel.expert_parallel=1", "trainer.devices=1", "router.name=topk", "profile.path=null"]
+    overrides = [
+        *SLICE,
+        f"trainer.activation_checkpointing={checkpointing}",
+        "model.init_from=null",
+        "parallel.expert_parallel=1",
+        "trainer.devices=1",
+        "router.name=topk",
+        "profile.path=null",
+    ]
     return load_recipe(ROOT / PAPER[preset], overrides)
 
 
@@ -171,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     rows.append(memory_step(preset, checkpointing))
                 except Exception as exc:  # an OOM or a missing kernel is a result to report
-                    rows.append(Row(f"memory {preset} slice, checkpointing {checkpointing}", "error", str(exc)[:200]))
+                    rows.append(
+                        Row(f"memory {preset} slice, checkpointing {checkpointing}", "error", str(exc)[:200])
+                    )
                 torch.cuda.empty_cache()
     text = table(rows, env, command)
     print(text)

@@ -108,7 +108,9 @@ def test_bench_memory_plans_the_paper_models_at_their_true_shapes(recipe, capsys
 
 
 def test_bench_memory_refuses_a_plan_over_gpu_memory(capsys):
-    code = main(["bench", "memory", "recipes/qwen-moe-c2r-sft.yaml", "--micro-batch", "8", "--gpu-memory", "80"])
+    code = main(
+        ["bench", "memory", "recipes/qwen-moe-c2r-sft.yaml", "--micro-batch", "8", "--gpu-memory", "80"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "exceeds --gpu-memory 80 GiB" in err and "Traceback" not in err

@@ -15,5 +15,7 @@ BASE = ("data.seq_len=128", "data.batch_size=8")
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 @pytest.mark.parametrize("devices", [2, 4])
 def test_plan_agrees_with_measured_peaks_per_rank(devices, fsdp, checkpointing):
-    planned, measured = measure(Case(devices, fsdp, (*BASE, f"trainer.activation_checkpointing={checkpointing}")))
+    planned, measured = measure(
+        Case(devices, fsdp, (*BASE, f"trainer.activation_checkpointing={checkpointing}"))
+    )
     assert 0.9 <= planned / measured <= 1.1, f"plan {planned} vs measured {measured}"

@@ -143,7 +143,9 @@ def parser() -> VerbParser:
 
     m = p.subcommand("memory", "per-rank memory plan of a recipe (no model is built)", MEMORY)
     m.add_argument("recipe", nargs="?", metavar="RECIPE.yaml", help="default: the embedded quickstart recipe")
-    m.add_argument("--devices", type=PositiveInt | None, help="ranks N (default: the recipe's devices x nodes)")
+    m.add_argument(
+        "--devices", type=PositiveInt | None, help="ranks N (default: the recipe's devices x nodes)"
+    )
     m.add_argument("--expert-parallel", type=PositiveInt | None, help="P (default: parallel.expert_parallel)")
     m.add_argument("--micro-batch", type=PositiveInt | None, help="rows per rank (default: data.batch_size)")
     m.add_argument("--seq-len", type=PositiveInt | None, help="tokens per row (default: data.seq_len)")
@@ -160,7 +162,10 @@ def parser() -> VerbParser:
     )
     m.add_argument("--precision", help="default: trainer.precision (32-true, bf16-mixed, bf16-true)")
     m.add_argument(
-        "--gpu-memory", type=NonNegativeFloat | None, metavar="GB", help="exit 2 when the peak exceeds this (GiB)"
+        "--gpu-memory",
+        type=NonNegativeFloat | None,
+        metavar="GB",
+        help="exit 2 when the peak exceeds this (GiB)",
     )
     m.add_argument("--json", metavar="PATH", help=JSON)
     m.add_overrides()
@@ -359,6 +364,7 @@ def run_ep(a: Namespace, argv: list[str]) -> int:
 
 
 def run_memory(a: Namespace, argv: list[str]) -> int:
+    # lazy, as bench ep: only `bench memory` needs the plan
     from moelight.memory.plan import plan, setup_from_recipe
     from moelight.memory.report import fits, plan_json, plan_lines
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 
 from moelight.memory.live_bytes import peak_bytes, tensor_bytes
 from moelight.memory.plan import plan, setup_from_recipe
@@ -49,9 +51,6 @@ def _rank(rank: int, case: Case, port: int, results) -> None:
         torch.manual_seed(recipe.seed)
         model = build_model(recipe)
         if case.fsdp:
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
-
             mesh = init_device_mesh("cpu", (case.devices,))
             for block in model.blocks:
                 fully_shard(block, mesh=mesh)
@@ -73,7 +72,9 @@ def _rank(rank: int, case: Case, port: int, results) -> None:
 
         step()
         state = [_local(t) for t in [*model.parameters(), *model.buffers()]]
-        state += [_local(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        state += [
+            _local(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+        ]
         if not case.fsdp:  # DDP's gradient buckets exist from the first backward on
             state += [b for b in getattr(model, "_bucket_views", [])]
         results[rank] = tensor_bytes(state) + peak_bytes(step)

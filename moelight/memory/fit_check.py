@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from moelight.errors import ConfigError
 from moelight.memory.plan import GIB, MemoryPlan, plan, setup_from_recipe
 from moelight.recipe import DataConfig, ModelConfig, Recipe
@@ -19,8 +21,16 @@ from moelight.recipe import DataConfig, ModelConfig, Recipe
 MARGIN = 0.9  # of the memory found, what a run may plan to use
 # Fields a too-large plan is blamed on: the one whose default value shrinks the peak the most.
 SIZE_FIELDS = {
-    "model": ("vocab_size", "hidden_size", "n_layers", "num_experts", "expert_ffn_hidden_size",
-              "ffn_hidden_size", "shared_expert_ffn_hidden_size", "top_k"),
+    "model": (
+        "vocab_size",
+        "hidden_size",
+        "n_layers",
+        "num_experts",
+        "expert_ffn_hidden_size",
+        "ffn_hidden_size",
+        "shared_expert_ffn_hidden_size",
+        "top_k",
+    ),
     "data": ("batch_size", "seq_len"),
 }
 DEFAULTS = {"model": ModelConfig(), "data": DataConfig()}
@@ -38,17 +48,17 @@ def host_memory() -> int:
 
 def machine_memory(recipe: Recipe) -> tuple[int, str, str]:
     """(bytes one rank may use, what they are, the planned device kind)."""
-    import torch
-
     accel = str(recipe.trainer.accelerator)
     if accel in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         return total, f"{torch.cuda.get_device_name(0)} memory", "cuda"
     devices = recipe.trainer.devices if isinstance(recipe.trainer.devices, int) else 1
     ranks_here = max(1, devices)  # CPU ranks of one node share its RAM
-    return host_memory() // ranks_here, "host RAM available" + (
-        f" per rank ({ranks_here} ranks)" if ranks_here > 1 else ""
-    ), "cpu"
+    return (
+        host_memory() // ranks_here,
+        "host RAM available" + (f" per rank ({ranks_here} ranks)" if ranks_here > 1 else ""),
+        "cpu",
+    )
 
 
 def _with(recipe: Recipe, section: str, name: str, value) -> Recipe:

@@ -124,7 +124,9 @@ def router_parameters(recipe: Recipe) -> int:
     cfg, params = recipe.model, recipe.router
     d, e = cfg.hidden_size, cfg.num_experts
     gate = d * e + (e * e if params.get("gate_network") == "mlp" else 0)
-    noisy = params.get("noise") is True or (params.get("name") == "balanced" and params.get("method") == "noisy_cv")
+    noisy = params.get("noise") is True or (
+        params.get("name") == "balanced" and params.get("method") == "noisy_cv"
+    )
     return gate + (d * e if noisy else 0)
 
 
@@ -182,11 +184,7 @@ def block_activations(recipe: Recipe, s: Setup, moe: bool) -> LayerActivations:
     # attention: input + norm, q/k/v inputs, rotated q and k, v, SDPA out + logsumexp, o_proj input
     kv_saved = q if kvw != q else kvw  # grouped-query k/v are repeated to every head
     attn = (
-        residual
-        + norm
-        + c * T * d * (3 if casts else 1)
-        + c * T * (q + 2 * kv_saved + 2 * q)
-        + 4 * T * heads
+        residual + norm + c * T * d * (3 if casts else 1) + c * T * (q + 2 * kv_saved + 2 * q) + 4 * T * heads
     )
     if cfg.qk_norm:
         attn += (c + 4) * T * (q + kvw)
@@ -308,7 +306,12 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
     kinds = {moe: block_activations(recipe, s, moe) for moe in (False, True)}
     acts = [kinds[i in moe_set] for i in range(recipe.model.n_layers)]
     layer_params = [
-        counts.attention + (counts.moe_dense + experts_local // max(1, counts.moe_layers) if i in moe_set else counts.dense_ffn)
+        counts.attention
+        + (
+            counts.moe_dense + experts_local // max(1, counts.moe_layers)
+            if i in moe_set
+            else counts.dense_ffn
+        )
         for i in range(recipe.model.n_layers)
     ]
     head_kept, head_fwd, head_bwd = _head_bytes(recipe, s)
@@ -324,9 +327,11 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
         # a block's unsharded gradient and the reduce-scatter's input: on CUDA two blocks are in
         # flight; on CPU (gloo) FSDP2 keeps them until backward ends (measured: docs/benchmarks.md)
         layer_grad = [8 * widest if s.device == "cuda" else 0] * len(layer_params)
-        grad_shard = [ps * (lp - (experts_local // max(1, counts.moe_layers) if i in moe_set else 0)) / n
-                      + (ps * experts_local // max(1, counts.moe_layers) / max(1, n // p) if i in moe_set else 0)
-                      for i, lp in enumerate(layer_params)]
+        grad_shard = [
+            ps * (lp - (experts_local // max(1, counts.moe_layers) if i in moe_set else 0)) / n
+            + (ps * experts_local // max(1, counts.moe_layers) / max(1, n // p) if i in moe_set else 0)
+            for i, lp in enumerate(layer_params)
+        ]
         grad_shard = [int(g) for g in grad_shard]
         if s.device == "cpu":
             grad_shard = [g + 8 * lp for g, lp in zip(grad_shard, layer_params, strict=True)]
@@ -347,7 +352,9 @@ def plan(recipe: Recipe, s: Setup) -> MemoryPlan:
     if s.fsdp and s.device == "cpu":
         # measured on CPU (gloo): a block's gathered parameters that autograd saved stay until
         # that block's backward, unless the block is checkpointed
-        weight_copy = [c * _saved_params(s, i in moe_set, lp, counts.attention) for i, lp in enumerate(layer_params)]
+        weight_copy = [
+            c * _saved_params(s, i in moe_set, lp, counts.attention) for i, lp in enumerate(layer_params)
+        ]
     kept = [a.kept + w for a, w in zip(acts, weight_copy, strict=True)]
     kept_total = sum(kept) + head_kept
     head_copy = c * (counts.head or counts.embed) if (s.mixed and not s.fsdp) else 0

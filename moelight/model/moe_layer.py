@@ -7,11 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from moelight.moe.recompute import recomputing
-
 from moelight.moe.dispatch import Dispatcher
 from moelight.moe.experts import ExpertWeights
 from moelight.moe.layer_context import LayerContext
+from moelight.moe.recompute import recomputing
 from moelight.moe.routing import Router, Routing
 from moelight.moe.routing_contract import check_routing
 
@@ -54,7 +53,9 @@ class MoELayer(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         routing = self.router(flat)
-        if self.training and not recomputing():  # a plugin's bad output fails here, naming it, not deep in a dispatcher
+        if (
+            self.training and not recomputing()
+        ):  # a plugin's bad output fails here, naming it, not deep in a dispatcher
             check_routing(routing, flat.shape[0], self.ctx, self.router, self.check_routing_values)
         y = self.dispatcher(flat, routing)
         if self.shared_expert is not None:
