@@ -63,19 +63,24 @@ class Setup:
 
 
 def setup_from_recipe(recipe: Recipe, **changes) -> Setup:
-    """The Setup a recipe describes; `changes` (e.g. devices=4) override it. Reads the sharding
-    keys of `parallel` (`fsdp`, `offload`) where the recipe has them."""
+    """The Setup a recipe describes; `changes` (e.g. devices=4) override it. `parallel.fsdp`,
+    `parallel.param_dtype: bfloat16` (bf16 compute over fp32 master state, planned as
+    `bf16-mixed`) and `parallel.cpu_offload` (parameters, gradients, optimizer state on the host,
+    planned as offload `params`) are read from the recipe."""
     t, par = recipe.trainer, recipe.parallel
     devices = t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
+    precision = str(t.precision)
+    if getattr(par, "param_dtype", "float32") == "bfloat16" and not precision.startswith("bf16"):
+        precision = "bf16-mixed"
     values = {
         "devices": devices * t.num_nodes,
         "expert_parallel": par.expert_parallel,
         "micro_batch": recipe.data.batch_size,
         "seq_len": recipe.data.seq_len,
         "checkpointing": t.activation_checkpointing,
-        "precision": str(t.precision),
+        "precision": precision,
         "fsdp": bool(getattr(par, "fsdp", False)),
-        "offload": getattr(par, "offload", "none") or "none",
+        "offload": "params" if getattr(par, "cpu_offload", False) else "none",
         "loss_chunk_tokens": t.loss_chunk_tokens,
     }
     values.update({k: v for k, v in changes.items() if v is not None})
