@@ -155,6 +155,20 @@ class TrainerConfig(Section):
     check_routing_values: bool = Field(
         True, description="check router outputs' values (id range, finite weights, duplicates) every step"
     )
+    activation_checkpointing: Literal["none", "full", "moe", "attention"] = Field(
+        "none",
+        description="recompute in backward instead of keeping activations, per transformer block: "
+        "full (the block), moe (norm + MoE FFN), attention (norm + attention)",
+    )
+    loss_chunk_tokens: int = Field(
+        1024,
+        ge=0,
+        description="cross-entropy over chunks of this many tokens, so the full fp32 logits never "
+        "exist; 0 = in one piece",
+    )
+    skip_memory_check: bool = Field(
+        False, description="start even when the memory plan says the model or batch cannot fit (also --force)"
+    )
 
 
 class ParallelConfig(Section):

@@ -18,6 +18,7 @@ from rich.console import Console
 from moelight.checkpoint.storage import storage_errors
 from moelight.cli.fit_args import split_fit_args
 from moelight.cli.lightning_cli import MoelightCLI
+from moelight.memory.fit_check import check_fits
 from moelight.model.build import build_model, count_parameters, flops_per_token, layer_contexts
 from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
@@ -72,6 +73,8 @@ def run(argv: list[str]) -> int:
 def _run(argv: list[str]) -> int:
     args = split_fit_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
+    if not args.print_recipe:  # before the Trainer, the model or the run directory exist
+        check_fits(recipe, force=args.force)
     try:
         cli = MoelightCLI(recipe, args.lightning, build=False, overrides=args.overrides)
     except SystemExit as exc:  # --print_config prints, then exits
@@ -91,7 +94,9 @@ def _run(argv: list[str]) -> int:
 
 def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:
     """Train `recipe` from Python (`trainer_args`: `--trainer.*` flags as on the command line)."""
-    return fit_cli(MoelightCLI(recipe, list(trainer_args or [])), ckpt_path)
+    cli = MoelightCLI(recipe, list(trainer_args or []))
+    check_fits(cli.recipe)
+    return fit_cli(cli, ckpt_path)
 
 
 def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None, header: str | None = None) -> int:
