@@ -6,12 +6,11 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from moelight.errors import ConfigError
+from moelight.load import check_init_weights, load_init_weights
 from moelight.model.build import build_model
-from moelight.model.init_from import check_init_weights, load_init_weights
 from moelight.model.meta_params import parameters_on_meta
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe, validate_recipe
@@ -24,6 +23,7 @@ from moelight.training.router_hooks import (
     discard_router_step,
     router_scalars,
 )
+from moelight.training.throughput import ThroughputWindow
 
 
 def check_vocab(recipe: Recipe, tokenizer_vocab: int) -> None:
@@ -46,6 +46,7 @@ class MoELanguageModel(L.LightningModule):
         self.model = None
         self.val_loss = MeanMetric()
         self._t_last: float | None = None
+        self.throughput = ThroughputWindow()
         self.grad_norm: torch.Tensor | None = None  # before clipping, set by configure_gradient_clipping
         self._init_from_after_sharding: str | None = None  # see load_init_from_after_sharding
 
@@ -82,6 +83,7 @@ class MoELanguageModel(L.LightningModule):
             raise
 
     def setup(self, stage: str) -> None:
+        self.throughput = ThroughputWindow(self.trainer.log_every_n_steps)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "vocab_size"):
             check_vocab(self.recipe, datamodule.vocab_size)
@@ -90,9 +92,8 @@ class MoELanguageModel(L.LightningModule):
         return self.model(idx)
 
     def _lm_loss(self, batch) -> torch.Tensor:
-        x, y = batch
-        logits = self.model(x)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        x, y = batch  # the loss inside the model's forward, over row chunks (moelight/model/loss.py)
+        return self.model(x, targets=y, loss_chunk_tokens=self.recipe.trainer.loss_chunk_tokens)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         begin_router_step(self.model.moe_layers, updates_taken(self.trainer))
@@ -105,9 +106,9 @@ class MoELanguageModel(L.LightningModule):
                 self.log(f"aux/{name}/l{layer.ctx.layer_index}", value.detach())
         self.log_dict(router_scalars(self.model.moe_layers))
         now = time.perf_counter()
-        if self._t_last is not None:
-            tokens = batch[0].numel() * self.trainer.world_size
-            self.log("tokens_per_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True)
+        if self._t_last is not None:  # the time since the previous step: forward, backward, update
+            self.throughput.add(batch[0].numel() * self.trainer.world_size, now - self._t_last)
+            self.log("tokens_per_s", self.throughput.rate(), prog_bar=True)  # over the last steps
         self._t_last = now
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
             metrics = routing_metrics(self.model.moe_layers) | dispatch_metrics(self.model.moe_layers)
