@@ -44,7 +44,6 @@ from torch import nn
 from moelight.checkpoint.files import checkpoint_corrupt, load_checkpoint_file, publish
 from moelight.checkpoint.storage import save_failed, tensor_bytes
 from moelight.errors import MoelightError
-from moelight.model.local_parts import is_dtensor
 from moelight.moe.experts import named_expert_parameters
 from moelight.parallel.liveness import mentions_peer_failure
 from moelight.parallel.sharded_meta import META_FILE, meta_file, not_moelight, safe_read_meta, write_meta
@@ -383,8 +382,10 @@ def load_sharded(
 def _dense_dtensors(module: nn.Module, optimizers: list, saved_optim: list) -> dict[str, torch.Tensor]:
     """Key -> the module's DTensor for every dense tensor (and its optimizer entries) that FSDP
     shards, so that `read_tensors` reads only this rank's chunk of it. Experts are read by id."""
+    from torch.distributed.tensor import DTensor  # on use: only distributed resumes get here
+
     layout = expert_layout(module)
-    dense = {k: v for k, v in module.state_dict().items() if k not in layout and is_dtensor(v)}
+    dense = {k: v for k, v in module.state_dict().items() if k not in layout and isinstance(v, DTensor)}
     like = {MODEL + k: v for k, v in dense.items()}
     for i, saved in enumerate(saved_optim[: len(optimizers)]):
         for name, entries in saved["kinds"].items():
