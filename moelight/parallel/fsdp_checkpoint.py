@@ -3,10 +3,11 @@
 Saving: dense tensors go to DCP as DTensors (each rank writes its shard). An expert parameter is
 a DTensor over the ranks holding the same experts, sharded on dim 0, the expert dimension, so
 each rank's shard is whole experts: it writes those rows under their global expert ids.
-Loading: the checkpoint dict checkpoint.py builds for this rank (its experts; dense tensors as
-this rank's DTensor chunks, read chunk by chunk, or in full from a single-file checkpoint) is cut
-to this rank's shards (`distribute_tensor` with no communication: every rank
-already has the full tensor) and copied into the model and the optimizer. So a checkpoint saved
+Loading: from a sharded directory, each dense tensor and its optimizer moments are read straight
+into this rank's DTensor chunk (DCP reads the stored shards that overlap it); the rest of the
+checkpoint dict checkpoint.py builds for this rank (its EP group's experts, or everything from a
+single-file checkpoint) is whole and cut to this rank's shards (`distribute_tensor` with no
+communication), then copied into the model and the optimizer. So a checkpoint saved
 at any N, P, with or without FSDP, resumes here, and this path's checkpoints resume on the others.
 """
 
