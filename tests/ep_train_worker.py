@@ -71,10 +71,10 @@ def recipe_overrides(args) -> list[str]:
         f"trainer.out_dir={args.out}",
         f"parallel.expert_parallel={args.ep}",
         f"parallel.placement={args.placement or 'contiguous'}",
-        f"parallel.fsdp={str(args.fsdp).lower()}",
+        f"parallel.fsdp={str(getattr(args, 'fsdp', False)).lower()}",
         *(
             [f"parallel.param_dtype={args.param_dtype}", f"parallel.cpu_offload={args.cpu_offload}"]
-            if args.fsdp
+            if getattr(args, "fsdp", False)
             else []
         ),
         "seed=7",
@@ -83,7 +83,7 @@ def recipe_overrides(args) -> list[str]:
 
 def router_overrides(args) -> list[str]:
     # a per-shard balancing loss is not the global one: no aux loss
-    if args.c2r_profile:
+    if getattr(args, "c2r_profile", None):  # callers that build their own args may omit it
         return [
             "router.name=c2r",
             "router.top_t=2",

@@ -34,9 +34,6 @@ from moelight.parallel.groups import ExpertParallelGroups, build_groups, check_w
 
 class FSDPExpertParallelStrategy(ModelParallelStrategy):
     strategy_name = "fsdp_expert_parallel"
-    # model.init_from: the LightningModule builds on meta and leaves loading to `setup`, after
-    # sharding, so each rank reads only its DTensor chunks and expert rows.
-    loads_init_from_after_sharding = True
 
     def __init__(
         self,
@@ -57,6 +54,14 @@ class FSDPExpertParallelStrategy(ModelParallelStrategy):
     @property
     def expert_parallel(self) -> int:
         return self._expert_parallel or self.num_nodes * self.num_processes
+
+    @property
+    def loads_init_from_after_sharding(self) -> bool:
+        """model.init_from: the LightningModule builds on meta and leaves loading to `setup`, after
+        sharding, so each rank reads only its DTensor chunks and expert rows. Not with cpu_offload
+        on an accelerator (untried): a loaded chunk lands on the mesh's device, and offloaded
+        parameters must stay in CPU memory; there the model is loaded (whole) before sharding."""
+        return not (self.cpu_offload and self.root_device.type != "cpu")
 
     @property
     def ep_context(self) -> ExpertParallelContext | None:
