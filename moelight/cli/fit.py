@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -21,7 +22,8 @@ from moelight.model.build import build_model, count_parameters, flops_per_token,
 from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.outside_loop_signals import Interrupted, held, late_signal, signals_outside_training
-from moelight.training.run_dir import prepare_run
+from moelight.training.run_dir import is_first_process, prepare_run
+from moelight.training.run_lock import run_lock
 from moelight.training.signals import exit_code, stop_signal
 from moelight.training.trainer import checkpoint_dir
 
@@ -61,11 +63,16 @@ def _run(argv: list[str]) -> int:
     if args.print_recipe:
         print(cli.recipe.to_yaml())
         return 0
-    # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
-    # it refuses a mismatching resume before anything in the run directory is written.
-    with held():  # may move an earlier run aside: never half done
-        ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
-    return fit_cli(cli, ckpt_path)
+    with ExitStack() as stack:
+        # One run per directory, locked before anything in it is written; the other ranks that
+        # Lightning's launcher starts re-run this command line and must not wait for the lock.
+        if is_first_process():
+            stack.enter_context(run_lock(cli.recipe.trainer.out_dir))
+        # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
+        # it refuses a mismatching resume before anything else in the run directory is written.
+        with held():  # may move an earlier run aside: never half done
+            ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
+        return fit_cli(cli, ckpt_path)
 
 
 def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:
