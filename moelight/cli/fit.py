@@ -22,6 +22,7 @@ from moelight.model.build import build_model, count_parameters, flops_per_token,
 from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.outside_loop_signals import Interrupted, held, late_signal, signals_outside_training
+from moelight.training.preflight import check_inputs
 from moelight.training.run_dir import is_first_process, prepare_run
 from moelight.training.run_lock import run_lock
 from moelight.training.signals import exit_code, stop_signal
@@ -63,6 +64,7 @@ def _run(argv: list[str]) -> int:
     if args.print_recipe:
         print(cli.recipe.to_yaml())
         return 0
+    check_inputs(cli.recipe)  # init_from, profile.path, placement: before anything is written
     with ExitStack() as stack:
         # One run per directory, locked before anything in it is written; the other ranks that
         # Lightning's launcher starts re-run this command line and must not wait for the lock.
