@@ -26,6 +26,7 @@ from moelight.training.preflight import check_inputs
 from moelight.training.run_dir import is_first_process, prepare_run
 from moelight.training.run_lock import run_lock
 from moelight.training.signals import exit_code, stop_signal
+from moelight.training.startup_signals import end_launched_rank
 from moelight.training.trainer import checkpoint_dir
 
 console = Console()
@@ -51,6 +52,7 @@ def run(argv: list[str]) -> int:
             return _run(argv)
         except Interrupted as exc:
             console.print(f"[yellow]{exc.signal.name}: interrupted before training started, nothing saved[/]")
+            end_launched_rank(exc.signal)  # a launched rank must not end first (the launcher SIGKILLs all)
             return exit_code(exc.signal)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from rich.console import Console
 from rich.markup import escape
 
 from moelight.errors import MoelightError
+from moelight.training.startup_signals import Interrupted, early_handler, end_launched_rank, exit_code
 
 VERBS = {
     "fit": ("moelight.cli.fit", "train a model from a recipe"),
@@ -39,6 +41,7 @@ def quiet_third_party() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    early_handler()  # first: a SIGTERM while torch and Lightning import is still "interrupted", 143
     quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -59,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
+        end_launched_rank(signal.SIGINT)
         return 130
+    except Interrupted as exc:  # SIGTERM before a verb's own handling took over
+        err_console.print(f"[yellow]{exc.signal.name}: interrupted before training started, nothing saved[/]")
+        end_launched_rank(exc.signal)  # a rank Lightning launched must not end before its launcher
+        return exit_code(exc.signal)
     return int(code or 0)
 
 
