@@ -43,7 +43,23 @@ def quiet_third_party() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    early_handler()  # first: a SIGTERM while torch and Lightning import is still "interrupted", 143
+    previous = early_handler()  # first: a SIGTERM while torch and Lightning import is "interrupted", 143
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        end_launched_rank(signal.SIGINT)
+        return 130
+    except Interrupted as exc:  # SIGTERM before a verb's own handling took over
+        err_console.print(f"[yellow]{exc.signal.name}: interrupted before training started, nothing saved[/]")
+        end_launched_rank(exc.signal)  # a rank Lightning launched must not end before its launcher
+        return exit_code(exc.signal)
+    finally:
+        for sig, handler in (previous or {}).items():  # in-process (tests, notebooks): leave none behind
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -62,14 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     except MoelightError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        end_launched_rank(signal.SIGINT)
-        return 130
-    except Interrupted as exc:  # SIGTERM before a verb's own handling took over
-        err_console.print(f"[yellow]{exc.signal.name}: interrupted before training started, nothing saved[/]")
-        end_launched_rank(exc.signal)  # a rank Lightning launched must not end before its launcher
-        return exit_code(exc.signal)
     return int(code or 0)
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -48,14 +49,30 @@ def exit_code(sig: signal.Signals) -> int:
     return EXIT_CODES.get(sig, 128 + int(sig))
 
 
-def _raise(signum: int, frame: object) -> None:
-    raise Interrupted(signal.Signals(signum))
+def _early(signum: int, frame: object) -> None:
+    # No exception: raised inside an import (torch, numpy) it can leave a module half-initialised
+    # and surface as another error (exit 1). Nothing is written before a verb's own handling.
+    sig = signal.Signals(signum)
+    sys.stderr.write(f"{sig.name}: interrupted\n")
+    sys.stderr.flush()
+    if launcher_pid() is None:
+        os._exit(exit_code(sig))
+
+    def end_after_launcher() -> None:
+        end_launched_rank(sig)
+        os._exit(exit_code(sig))
+
+    for other in SIGNALS:  # this rank is ending: the launcher's echo of the signal changes nothing
+        signal.signal(other, signal.SIG_IGN)
+    threading.Thread(target=end_after_launcher, daemon=True).start()
 
 
-def early_handler() -> None:
-    """SIGTERM raises `Interrupted` from now on (SIGINT already raises KeyboardInterrupt)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise)
+def early_handler() -> dict[int, Any] | None:
+    """SIGTERM and SIGINT end the process with 143 / 130 from now on (a rank Lightning launched:
+    after its launcher); returns the handlers replaced (None outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return {sig: signal.signal(sig, _early) for sig in SIGNALS}
 
 
 def launcher_pid() -> int | None:

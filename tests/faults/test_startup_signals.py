@@ -29,13 +29,21 @@ def has_loaded_torch(pid: int) -> bool:
 
 
 def children_of(pid: int) -> list[int]:
+    """The `moelight fit` processes among `pid`'s children (not short-lived helpers it forks)."""
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             out += [int(p) for p in (task / "children").read_text().split()]
         except (OSError, ValueError):
             pass
-    return out
+    return [p for p in out if b"fit" in _cmdline(p) and b"moelight" in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def gone(pid: int) -> bool:
