@@ -2,7 +2,7 @@
 
 Light on purpose (standard library only): `moelight`'s entry point installs `early_handler`
 before it imports anything heavy, so a SIGTERM while torch and Lightning are still importing
-ends in "interrupted before training started" and 143, not a silent death. `moelight fit` then
+ends with "SIGTERM: interrupted" and 143, not a silent death (SIGINT: 130). `moelight fit` then
 hands over to outside_loop_signals.py, and from `fit`'s setup on to PreemptionGuard.
 
 Multi-process start-up, Lightning's launcher (rank 0 re-runs the command line for ranks 1..N-1):
