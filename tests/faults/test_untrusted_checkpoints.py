@@ -111,6 +111,8 @@ def test_no_planted_pickle_runs(kind, tmp_path, run_env, capsys):
         code = main(argv)
         err = capsys.readouterr().err
         assert not marker.exists(), f"{kind}: `{name}` ran code from the checkpoint"
+        if kind == "consolidated.ckpt" and name == "init_from" and code == 0:
+            continue  # init_from reads the shards one by one and never opens consolidated.ckpt
         assert code == 2, f"{kind}: `{name}` exited {code}: {err[-2000:]}"
         assert err.count("error:") == 1 and "Traceback" not in err, (name, err)  # one message
         err = " ".join(err[err.index("error:") :].split())  # (rich wraps it at the terminal width)
