@@ -158,6 +158,13 @@ def parser() -> VerbParser:
     e.add_argument("--procs", type=Literal[2, 4, 8], default=2, help="expert-parallel processes")
     e.add_argument("--steps", type=PositiveInt, default=8, help="timed steps")
     e.add_argument("--warmup", type=PositiveInt, default=2, help="untimed steps first")
+    e.add_argument(
+        "--repeats",
+        type=PositiveInt,
+        default=3,
+        help="whole measurements (calibration included); per configuration the median and range over "
+        "them, with the load average before and after each",
+    )
     e.add_argument("--threads", type=PositiveInt, default=1, help="torch CPU threads per rank")
     e.add_argument("--top-t", type=PositiveInt, default=1, help="C2R's candidates per token")
     e.add_argument(
@@ -322,9 +329,14 @@ def run_ep(a: Namespace, argv: list[str]) -> int:
         burst=a.burst,
         json_path=a.json,
     )
-    result = ep.run(args)
+    repeated = ep.run_repeated(args, a.repeats)
+    for one in repeated["runs"]:
+        ep.print_report(one)
+    ep.print_repeated(repeated)
+    # the first repeat's full record at the top (the single-run layout plots and tables read),
+    # every repeat and the summary under "repeated"
+    result = {**repeated["runs"][0], "repeated": repeated}
     result["command"] = "moelight bench " + shlex.join(argv)
-    ep.print_report(result)
     if a.json:
         write_json(a.json, result)
         print(f"wrote {a.json}")

@@ -187,13 +187,13 @@ class ShardedDirSource(WeightSource):
         self.path = path
         meta = read_meta(path)
         info = meta["moelight_sharded"]
-        names = list(info["model_keys"])
-        # A training run's directory holds the LightningModule's names (`model.` + moelight name);
-        # a bare model's, moelight names. Read both as moelight names.
-        self._prefix = CKPT_PREFIX if names and all(n.startswith(CKPT_PREFIX) for n in names) else ""
+        keys = list(info["model_keys"])
+        # A training run's directory holds Lightning's names (`model.` + moelight name); strip the
+        # prefix as the .ckpt reader does, and put it back to find a tensor.
+        self._prefix = CKPT_PREFIX if keys and all(k.startswith(CKPT_PREFIX) for k in keys) else ""
         cut = len(self._prefix)
         self._experts: dict[str, int] = {k[cut:]: n for k, n in info["experts"].items()}  # name -> experts
-        self._names = [n[cut:] for n in names]
+        self._names = [k[cut:] for k in keys]
         recipe = (meta.get("hyper_parameters") or {}).get("recipe")
         self.recipe = recipe if isinstance(recipe, dict) else None
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -208,8 +208,8 @@ class ShardedDirSource(WeightSource):
     def _key(self, name: str, gid: int | None = None) -> str:
         from moelight.parallel.checkpoint import MODEL, expert_key
 
-        full = self._prefix + name
-        return MODEL + (full if gid is None else expert_key(full, gid))
+        name = self._prefix + name
+        return MODEL + (name if gid is None else expert_key(name, gid))
 
     def names(self) -> list[str]:
         return list(self._names)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from moelight.load import load_init_weights
 from moelight.model.build import build_model, layer_contexts
-from moelight.model.init_from import load_init_weights
 from moelight.recipe import Recipe
 
 

@@ -23,7 +23,7 @@ from conftest import TINY
 from torch import nn
 
 from moelight.cli.main import main
-from moelight.model.load import single_process_model
+from moelight.load import single_process_model
 from moelight.parallel.checkpoint import MARKER_FILE, save_sharded
 from moelight.recipe import load_recipe
 
