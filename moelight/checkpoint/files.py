@@ -66,7 +66,21 @@ def check_checkpoint_file(path: str | Path) -> None:
             if not any(n.endswith("data.pkl") for n in zf.namelist()):
                 raise checkpoint_corrupt(path, "a zip archive, but not a torch checkpoint (no data.pkl)")
             bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise checkpoint_corrupt(path, str(exc)) from None
+    except MoelightError:
+        raise
+    except Exception as exc:  # zipfile raises more than BadZipFile on damaged headers (UnicodeDecodeError...)
+        raise checkpoint_corrupt(path, f"damaged zip archive ({type(exc).__name__}: {exc})") from None
     if bad is not None:
         raise checkpoint_corrupt(path, f"member {bad} fails its CRC check")
+
+
+def load_checkpoint_file(path: str | Path, mmap: bool = False) -> Any:
+    """`torch.load` of a checkpoint file that never runs code from it (`weights_only=True`:
+    tensors and plain values only); anything else is one "corrupt checkpoint" line."""
+    check_checkpoint_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:  # torch's own text would advise unsafe loading (weights_only=False): never
+        raise checkpoint_corrupt(
+            path, "not a readable torch checkpoint of tensors and plain values (anything else is refused)"
+        ) from None

@@ -89,7 +89,8 @@ def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None) -> int:
             storage_errors(t.out_dir),
             peer_failures(trainer, t.out_dir, recipe.parallel.collective_timeout_s),
         ):
-            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+            # weights_only: a checkpoint file is data; unpickling it must never run code
+            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         pass  # Lightning's SystemExit(None) would exit 0; handled below
     wall = time.perf_counter() - start

@@ -4,8 +4,10 @@ A checkpoint is a directory at the path Lightning asks for (e.g. `checkpoints/la
 Lightning's FSDP strategy does):
 
     .metadata, __<rank>_0.distcp   torch.distributed.checkpoint (DCP) shards of every tensor
-    meta.pt                        rank 0: all else Lightning saves (loops, callbacks, schedulers,
-                                   data position, hyper-parameters) and the layout below
+    meta.json                      rank 0: all else Lightning saves (loops, callbacks, schedulers,
+                                   data position, hyper-parameters) and the layout below, as JSON:
+                                   reading a checkpoint runs no code (sharded_meta.py; the DCP
+                                   `.metadata` pickle is read by checkpoint/dcp_metadata.py)
     COMPLETE                       written last; the directory was renamed into place after it
 
 Tensor keys name each expert by its GLOBAL id, so they depend neither on P nor on the placement
@@ -39,14 +41,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from moelight.checkpoint.files import checkpoint_corrupt, publish
+from moelight.checkpoint.files import checkpoint_corrupt, load_checkpoint_file, publish
 from moelight.checkpoint.storage import save_failed, tensor_bytes
 from moelight.errors import MoelightError
 from moelight.moe.experts import named_expert_parameters
 from moelight.parallel.liveness import mentions_peer_failure
+from moelight.parallel.sharded_meta import META_FILE, meta_file, not_moelight, safe_read_meta, write_meta
 
 FORMAT_VERSION = 1
-META_FILE = "meta.pt"
 MARKER_FILE = "COMPLETE"
 MODEL, OPTIM = "model/", "optim/"
 
@@ -248,7 +250,7 @@ def save_sharded(
     try:
         dcp.save(tensors, checkpoint_id=tmp)  # raises on every rank if any rank fails to write
         if _rank() == 0:
-            torch.save(meta, tmp / META_FILE)
+            write_meta(tmp, meta)
             (tmp / MARKER_FILE).write_text(
                 json.dumps({"format": FORMAT_VERSION, "step": checkpoint.get("global_step")})
             )
@@ -296,15 +298,13 @@ def check_sharded(path: str | Path) -> None:
             f"checkpoint {path} is incomplete (no {MARKER_FILE} marker): its save was interrupted; "
             "resume from an earlier checkpoint"
         )
-    if not (path / META_FILE).is_file() or not (path / ".metadata").is_file():
-        raise MoelightError(
-            f"checkpoint {path} is not a moelight sharded checkpoint ({META_FILE} or .metadata missing)"
-        )
+    if meta_file(path) is None or not (path / ".metadata").is_file():
+        raise not_moelight(path, f"{META_FILE} or .metadata missing")
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     check_sharded(path)
-    return torch.load(Path(path) / META_FILE, map_location="cpu", weights_only=False)
+    return safe_read_meta(path)
 
 
 def read_tensors(path: str | Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -316,8 +316,10 @@ def read_tensors(path: str | Path, keys: list[str] | None = None) -> dict[str, t
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    from moelight.checkpoint.dcp_metadata import SafeFileSystemReader
+
     path = Path(path)
-    metadata = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    metadata = SafeFileSystemReader(path).read_metadata().state_dict_metadata
     keys = list(metadata) if keys is None else keys
     missing = [k for k in keys if k not in metadata]
     if missing:
@@ -333,7 +335,7 @@ def read_tensors(path: str | Path, keys: list[str] | None = None) -> dict[str, t
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
         try:
-            dcp.load(out, checkpoint_id=path, no_dist=True)
+            dcp.load(out, storage_reader=SafeFileSystemReader(path), no_dist=True)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a truncated or damaged shard (DCP's CheckpointException)
@@ -415,6 +417,8 @@ def consolidated_file(path: str | Path) -> Path:
     path = Path(path)
     check_sharded(path)
     single = path / "consolidated.ckpt"
-    if not single.is_file():
+    if single.is_file():
+        load_checkpoint_file(single, mmap=True)  # written by us, or planted: refuse what runs code
+    else:
         write_consolidated(path, single)
     return single
