@@ -65,10 +65,10 @@ def test_export_to_an_architecture_that_cannot_hold_the_model(qwen_dir, tmp_path
     assert main(["convert", "import", str(qwen_dir), "--out", str(tmp_path / "m")]) == 0
     capsys.readouterr()
     err = error_of(capsys, "export", str(tmp_path / "m"), "--out", str(tmp_path / "x"), "--arch", "mixtral")
-    assert "--arch mixtral: the model has model.qkv_bias: true" in err
-    assert "a shared expert" in err
+    assert "--arch mixtral: the model cannot be exported as mixtral: (1) model.qkv_bias: true" in err
+    assert "a shared expert" in err and "fix: model.shared_expert_ffn_hidden_size=0" in err
     err = error_of(capsys, "export", str(tmp_path / "m"), "--out", str(tmp_path / "x"), "--arch", "olmoe")
-    assert "OLMoE needs model.qk_norm: true" in err
+    assert "no QK-norm (OLMoE normalises q and k; fix: model.qk_norm=true)" in err
 
 
 def test_missing_weight_files(qwen_dir, tmp_path, capsys):
@@ -202,18 +202,28 @@ def test_router_that_hf_cannot_express(qwen_dir, tmp_path, capsys):
     assert "'balanced' router" in err and "would route differently" in err and "--router topk" in err
 
 
-# Recorded from the per-architecture tables before they shared their helpers (config_fields.py).
+# Every blocker's fix, in the order the message lists them.
 EVERY_PROBLEM = {
-    "llama_moe": "--arch llama_moe: the model has model.qkv_bias: true (LLaMA-MoE has no attention biases); "
-    "a shared expert (model.shared_expert_ffn_hidden_size > 0); dense layers (model.moe_every: 2; LLaMA-MoE "
-    "is MoE in every layer); head_dim != hidden_size / n_heads; tied embeddings (LLaMA-MoE has its own lm_head)",
-    "mixtral": "--arch mixtral: the model has model.qkv_bias: true (Mixtral has no attention biases); a shared "
-    "expert (model.shared_expert_ffn_hidden_size > 0); dense layers (model.moe_every: 2; Mixtral is MoE in "
-    "every layer)",
-    "olmoe": "--arch olmoe: the model has no QK-norm (OLMoE needs model.qk_norm: true); model.qkv_bias: true "
-    "(OLMoE's attention_bias would also bias the output projection); a shared expert "
-    "(model.shared_expert_ffn_hidden_size > 0); dense layers (model.moe_every: 2; OLMoE is MoE in every "
-    "layer); head_dim != hidden_size / n_heads",
+    "llama_moe": [
+        "model.qkv_bias=false",
+        "model.shared_expert_ffn_hidden_size=0",
+        "model.moe_every=1",
+        "model.head_dim=null",
+        "model.tie_embeddings=false",
+    ],
+    "mixtral": [
+        "model.qkv_bias=false",
+        "model.shared_expert_ffn_hidden_size=0",
+        "model.moe_every=1",
+        "router.renormalize=true",
+    ],
+    "olmoe": [
+        "model.qk_norm=true",
+        "model.qkv_bias=false",
+        "model.shared_expert_ffn_hidden_size=0",
+        "model.moe_every=1",
+        "model.head_dim=null",
+    ],
 }
 
 
@@ -230,4 +240,7 @@ def test_export_names_every_problem_at_once(arch):
     router = {"name": "balanced"} if arch == "llama_moe" else {"name": "topk"}
     with pytest.raises(MoelightError) as err:
         get_architecture(arch).to_hf(model, router)
-    assert str(err.value) == EVERY_PROBLEM[arch]
+    message = str(err.value)
+    assert message.startswith(f"--arch {arch}: the model cannot be exported as {arch}: (1) ")
+    fixes = [part.rsplit("fix: ", 1)[1].split(")")[0] for part in message.split("; (")]
+    assert fixes == EVERY_PROBLEM[arch]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
@@ -18,7 +19,9 @@ DIR/model.safetensors (moelight names), DIR/recipe.yaml (model section, `topk` r
 routing, model.init_from: model.safetensors) and DIR/tokenizer/ when HF_DIR has one. The
 architecture and router come from config.json."""
 EXPORT = """Write HF_DIR/config.json + HF_DIR/model.safetensors in the hub layout (one tensor per expert)
-from a converted directory, a .safetensors file (needs --recipe) or a Lightning .ckpt.
+from a converted directory, a .safetensors file (needs --recipe) or a Lightning .ckpt, and the
+tokenizer (a byte-level model's as tokenizer.json, so AutoTokenizer loads it). An architecture
+that cannot hold the model is refused with every blocker and the recipe change removing it.
 A router ARCH cannot express (c2r, device_limited, a balancing bias...) stops the export: the HF
 model would route differently. --router topk exports it anyway with a plain top-k gate (same gate
 weights) and records the dropped router in config.json (moelight_export)."""
@@ -95,5 +98,6 @@ def run(argv: list[str]) -> int:
             warnings.append(record_dropped(a.out, original, exported))
     for w in warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
-    console.print(f"exported {escape(a.arch)} to {escape(a.out)} (config.json, model.safetensors)")
+    written = ", ".join(sorted(p.name for p in Path(a.out).iterdir() if p.is_file()))
+    console.print(f"exported {escape(a.arch)} to {escape(a.out)} ({escape(written)})")
     return 0

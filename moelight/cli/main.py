@@ -1,4 +1,4 @@
-"""`moelight <verb>`: fit, plugins, profile, bench, convert, eval."""
+"""`moelight <verb>`: fit, plugins, profile, bench, convert, eval, generate, chat."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ VERBS = {
     "bench": ("moelight.cli.bench", "benchmark dispatchers, layers and all2all"),
     "convert": ("moelight.cli.convert", "Hugging Face MoE checkpoints in and out"),
     "eval": ("moelight.cli.eval", "lm-evaluation-harness tasks on checkpoints, with their own routing"),
+    "generate": ("moelight.cli.generate", "continue a prompt with a checkpoint, routed as trained"),
+    "chat": ("moelight.cli.chat", "talk to a checkpoint with its recipe's prompt template"),
 }
 
 err_console = Console(stderr=True)

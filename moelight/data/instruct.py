@@ -47,6 +47,8 @@ from .tokenizer import ByteTokenizer, HFTokenizer
 if TYPE_CHECKING:
     from moelight.recipe import DataConfig
 
+PLAIN_ASSISTANT = "<|assistant|>\n"  # the plain format's response opener
+PLAIN_USER = "<|user|>"
 IGNORE_INDEX = -100  # targets with this value carry no loss (torch cross_entropy's default)
 SUFFIXES = (".jsonl", ".json")
 FIELD = "data.source"
@@ -205,35 +207,68 @@ class ChatEncoder:
         segments: list[tuple[str, bool]] = []
         for m in messages:
             if m["role"] == "assistant":
-                segments += [("<|assistant|>\n", False), (m["content"], True)]
+                segments += [(PLAIN_ASSISTANT, False), (m["content"], True)]
             else:
                 segments.append((f"<|{m['role']}|>\n{m['content']}\n", False))
         return segments
 
-    def encode(self, messages: list[Message], where: str = "record") -> tuple[np.ndarray, np.ndarray]:
-        eos = self.tok.eos_id
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Generation: text that ends a response besides the EOS token (the next turn's marker)."""
+        if self._named is not None:
+            return self._named.stops
+        return () if self._template is not None else (PLAIN_USER, "<|system|>")
+
+    def encode_prompt(self, messages: list[Message]) -> np.ndarray:
+        """Generation: the ids a model continues to answer the last (user) turn of `messages`,
+        tokenised segment by segment as in training, ending with the template's response opener."""
+        if self._named is not None:
+            rendered = self._named(messages)
+            segments, eos_after_response = rendered.segments, rendered.eos_after_response
+        elif self._template is not None:
+            segments = self._template_segments(messages, "the conversation")
+            done = "".join(text for text, _ in segments)
+            segments.append((self._render(messages, generation_prompt=True)[len(done) :], False))
+            eos_after_response = False
+        else:
+            segments, eos_after_response = self._plain_segments(messages) + [(PLAIN_ASSISTANT, False)], True
+        ids, _ = self._tokens(segments, eos_after_response, self._bos_first)
+        return ids
+
+    @property
+    def _bos_first(self) -> bool:
+        return self._named is not None and self._named.bos_first
+
+    def _tokens(
+        self, segments: list[tuple[str, bool]], eos_after_response: bool, bos_first: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, response mask) of rendered segments, each tokenised on its own."""
         ids: list[np.ndarray] = []
         mask: list[np.ndarray] = []
+        bos = getattr(self.tok, "bos_id", None)
+        if bos_first and bos is not None:
+            ids.append(np.array([bos], np.int64))
+            mask.append(np.zeros(1, bool))
+        for text, is_response in segments:
+            t = np.asarray(self.tok.encode(text), dtype=np.int64) if text else np.zeros(0, np.int64)
+            if is_response and eos_after_response:
+                t = np.append(t, self.tok.eos_id)  # the end of turn: a target, so the model learns to stop
+            ids.append(t)
+            mask.append(np.full(len(t), is_response))
+        out_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        return out_ids, np.concatenate(mask) if mask else np.zeros(0, bool)
+
+    def encode(self, messages: list[Message], where: str = "record") -> tuple[np.ndarray, np.ndarray]:
+        eos = self.tok.eos_id
         eos_after_response = self._template is None
         if self._named is not None:
             rendered = self._named(messages)
             segments, eos_after_response = rendered.segments, rendered.eos_after_response
-            bos = getattr(self.tok, "bos_id", None)
-            if rendered.bos_first and bos is not None:
-                ids.append(np.array([bos], np.int64))
-                mask.append(np.zeros(1, bool))
         elif self._template is not None:
             segments = self._template_segments(messages, where)
         else:
             segments = self._plain_segments(messages)
-        for text, is_response in segments:
-            t = np.asarray(self.tok.encode(text), dtype=np.int64) if text else np.zeros(0, np.int64)
-            if is_response and eos_after_response:
-                t = np.append(t, eos)  # the end of turn: a target, so the model learns to stop
-            ids.append(t)
-            mask.append(np.full(len(t), is_response))
-        out_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        out_mask = np.concatenate(mask) if mask else np.zeros(0, bool)
+        out_ids, out_mask = self._tokens(segments, eos_after_response, self._bos_first)
         if len(out_ids) == 0 or out_ids[-1] != eos:
             # A separator for packing, not a target: the template's own end-of-turn marks the stop.
             out_ids = np.append(out_ids, eos)

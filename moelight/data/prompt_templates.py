@@ -56,6 +56,7 @@ class Template:
     strip_user: bool  # strip the user's text (the Qwen script does; FastChat does not)
     eos_after_response: bool
     bos_first: bool
+    stops: tuple[str, ...] = ()  # generation: text that ends a response (besides the EOS token)
 
     def __call__(self, messages: list[Message]) -> Rendered:
         system, turns = _system(messages, self.default_system)
@@ -81,6 +82,7 @@ C2R_INSTRUCT = Template(
     strip_user=True,
     eos_after_response=False,
     bos_first=False,
+    stops=(EOT, "### Instruction:"),
 )
 VICUNA = Template(
     name="vicuna",
@@ -92,5 +94,6 @@ VICUNA = Template(
     strip_user=False,
     eos_after_response=True,
     bos_first=True,
+    stops=("USER:",),
 )
 TEMPLATES = {t.name: t for t in (C2R_INSTRUCT, VICUNA)}

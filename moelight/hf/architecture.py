@@ -46,6 +46,11 @@ class Architecture:
         """moelight model + router -> (config.json fields, warnings); MoelightError if inexpressible."""
         raise NotImplementedError
 
+    def blockers(self, model: ModelConfig, router: dict[str, Any]) -> list[str]:
+        """Everything that keeps this model from being exported as this architecture, each with the
+        recipe change that removes it (`config_fields.blocker`); empty when it exports."""
+        raise NotImplementedError
+
     def prepare_export(
         self, model: ModelConfig, state: dict[str, torch.Tensor]
     ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

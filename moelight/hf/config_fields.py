@@ -113,11 +113,19 @@ def common_hf_fields(model: ModelConfig) -> dict[str, Any]:
     }
 
 
+# A blocker: what the model has that an HF class cannot hold, and the recipe change that removes it
+# ("model.qkv_bias: true (Mixtral has no attention biases; fix: model.qkv_bias=false)").
+def blocker(what: str, why: str, fix: str) -> str:
+    return f"{what} ({why}; fix: {fix})"
+
+
 def plain_attention_problems(model: ModelConfig, title: str) -> dict[str, bool]:
     """What an HF class whose attention has neither q/k/v biases nor QK-norm cannot hold."""
     return {
-        f"model.qkv_bias: true ({title} has no attention biases)": model.qkv_bias,
-        f"model.qk_norm: true ({title} has no QK-norm)": model.qk_norm,
+        blocker(
+            "model.qkv_bias: true", f"{title} has no attention biases", "model.qkv_bias=false"
+        ): model.qkv_bias,
+        blocker("model.qk_norm: true", f"{title} has no QK-norm", "model.qk_norm=false"): model.qk_norm,
     }
 
 
@@ -125,28 +133,40 @@ def every_layer_moe_problems(model: ModelConfig, title: str) -> dict[str, bool]:
     """What an HF class with an MoE FFN in every layer and no shared expert cannot hold
     (`title`: the architecture as people write it), for `refuse_unexportable`."""
     return {
-        "a shared expert (model.shared_expert_ffn_hidden_size > 0)": bool(
-            model.shared_expert_ffn_hidden_size
-        ),
-        f"dense layers (model.moe_every: {model.moe_every}; {title} is MoE in every layer)": model.moe_every
-        != 1,
+        blocker(
+            f"a shared expert (model.shared_expert_ffn_hidden_size: {model.shared_expert_ffn_hidden_size})",
+            f"{title} has none",
+            "model.shared_expert_ffn_hidden_size=0",
+        ): bool(model.shared_expert_ffn_hidden_size),
+        blocker(
+            f"dense layers (model.moe_every: {model.moe_every})",
+            f"{title} is MoE in every layer",
+            "model.moe_every=1",
+        ): model.moe_every != 1,
     }
 
 
 def head_dim_problem(model: ModelConfig) -> dict[str, bool]:
     """A head_dim other than hidden_size / n_heads, which an HF class without `head_dim` cannot hold."""
     return {
-        "head_dim != hidden_size / n_heads": bool(
-            model.head_dim and model.head_dim * model.n_heads != model.hidden_size
-        )
+        blocker(
+            f"model.head_dim: {model.head_dim}",
+            "it must be hidden_size / n_heads here",
+            "model.head_dim=null",
+        ): bool(model.head_dim and model.head_dim * model.n_heads != model.hidden_size)
     }
 
 
-def refuse_unexportable(arch: str, problems: dict[str, bool]) -> None:
-    """One error naming every problem (description -> present) that the model has for `--arch arch`."""
-    present = [what for what, there in problems.items() if there]
-    if present:
-        raise MoelightError(f"--arch {arch}: the model has {'; '.join(present)}")
+def present(problems: dict[str, bool]) -> list[str]:
+    return [what for what, there in problems.items() if there]
+
+
+def refuse_unexportable(arch: str, blockers: list[str] | dict[str, bool]) -> None:
+    """One error naming every blocker the model has for `--arch arch`."""
+    found = present(blockers) if isinstance(blockers, dict) else blockers
+    if found:
+        numbered = "; ".join(f"({i}) {b}" for i, b in enumerate(found, 1))
+        raise MoelightError(f"--arch {arch}: the model cannot be exported as {arch}: {numbered}")
 
 
 def aux_coef_to_moelight(hf_coef: float, top_k: int, n_moe_layers: int) -> float:

@@ -13,8 +13,10 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from moelight.checkpoint.file_mode import as_user_writes
 from moelight.errors import MoelightError
 from moelight.hf.architectures import get_architecture
+from moelight.hf.byte_tokenizer import byte_token_ids, write_byte_tokenizer
 from moelight.hf.checkpoint_dir import WEIGHTS_NAME
 from moelight.hf.exporter import export_hf
 from moelight.hf.importer import Imported, import_hf
@@ -92,6 +94,7 @@ def import_to_dir(
             "hf_arch": imported.arch.name,
         },
     )
+    as_user_writes(weights)  # safetensors creates it 0600
     tok_files = tokenizer_files(Path(hf_dir))
     tok_dir = None
     if tok_files:
@@ -143,13 +146,17 @@ def export_from_checkpoint(
             f"{source} carries no recipe: pass --recipe RECIPE (the recipe whose model section it was trained with)"
         )
     router = recipe.router if replace_router is None else replace_router(recipe.router)
-    warnings = export_hf(state, recipe.model, router, arch, out, dtype)
     tok = recipe.data.tokenizer
+    ids = byte_token_ids() if tok == "bytes" else None
+    warnings = export_hf(state, recipe.model, router, arch, out, dtype, tokenizer_ids=ids)
     if tok != "bytes" and Path(tok).is_dir():
         _copy_files(tokenizer_files(Path(tok)), out)
     elif tok == "bytes":
-        warnings.append(
-            "no tokenizer exported (the recipe's data.tokenizer is 'bytes'): copy the model's "
-            f"Hugging Face tokenizer files into {out}"
-        )
+        try:
+            write_byte_tokenizer(out)
+        except ImportError:
+            warnings.append(
+                "no tokenizer.json written: the byte tokenizer's export needs the tokenizers package "
+                "(pip install 'moelight[hf]')"
+            )
     return warnings

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from moelight.checkpoint.file_mode import as_user_writes
 from moelight.errors import MoelightError
 from moelight.hf.architecture import Architecture
-from moelight.hf.architectures import get_architecture
+from moelight.hf.architectures import architectures, get_architecture
 from moelight.hf.checkpoint_dir import WEIGHTS_NAME
 from moelight.hf.name_table import expected_shapes, fmt_shape, weight_map
 from moelight.model.init_from import first_names
@@ -54,6 +55,29 @@ def export_state_dict(
     return out
 
 
+EXPORTABLE_RECIPE = "recipes/mixtral-exportable.yaml"
+
+
+def refuse_blocked(arch: Architecture, model: ModelConfig, router: dict[str, Any]) -> None:
+    """One error listing every blocker for `arch` with its fix, and what the other architectures
+    would need (or that one of them takes the model as it is)."""
+    blockers = arch.blockers(model, router)
+    if not blockers:
+        return
+    numbered = "; ".join(f"({i}) {b}" for i, b in enumerate(blockers, 1))
+    others = []
+    for other in architectures().values():
+        if other.name == arch.name:
+            continue
+        theirs = other.blockers(model, router)
+        fixes = [b.rsplit("fix: ", 1)[-1].rstrip(")") for b in theirs]
+        others.append(f"{other.name}: " + (" + ".join(fixes) if fixes else "exports as it is"))
+    raise MoelightError(
+        f"--arch {arch.name}: the model cannot be exported as {arch.name}: {numbered}. Other architectures "
+        f"need: {'; '.join(others)}. A recipe that trains an exportable model: {EXPORTABLE_RECIPE} (Mixtral)"
+    )
+
+
 def export_hf(
     state: dict[str, torch.Tensor],
     model: ModelConfig,
@@ -61,9 +85,12 @@ def export_hf(
     arch_name: str,
     out_dir: str | Path,
     dtype: torch.dtype | None = None,
+    tokenizer_ids: dict[str, int] | None = None,
 ) -> list[str]:
-    """Write config.json + model.safetensors (hub layout) for `arch_name`; returns warnings."""
+    """Write config.json + model.safetensors (hub layout) for `arch_name`; returns warnings.
+    `tokenizer_ids` (bos/eos/pad_token_id) also go into config.json and generation_config.json."""
     arch = get_architecture(arch_name, "--arch")
+    refuse_blocked(arch, model, router)
     config, warnings = arch.to_hf(model, router)
     model, state = arch.prepare_export(model, state)
     tensors = export_state_dict(state, model, arch, dtype, router)
@@ -77,6 +104,11 @@ def export_hf(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_ids:
+        config |= tokenizer_ids
+        generation = {"_from_model_config": True, **tokenizer_ids}
+        (out / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    as_user_writes(out / WEIGHTS_NAME)  # safetensors creates it 0600
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return warnings

@@ -21,11 +21,13 @@ from typing import Any
 from moelight.errors import MoelightError
 from moelight.hf.architecture import Architecture, Entry
 from moelight.hf.config_fields import (
+    blocker,
     common_hf_fields,
     every_layer_moe_fields,
     every_layer_moe_problems,
     head_dim_problem,
     plain_attention_problems,
+    present,
     refuse_unexportable,
     require,
 )
@@ -155,33 +157,52 @@ class LlamaMoe(Architecture):
             )
         return fields, router, notes
 
-    def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        arch = self.name
+    def blockers(self, model: ModelConfig, router: dict[str, Any]) -> list[str]:
         problems = plain_attention_problems(model, "LLaMA-MoE") | every_layer_moe_problems(model, "LLaMA-MoE")
         problems |= head_dim_problem(model)
-        problems["tied embeddings (LLaMA-MoE has its own lm_head)"] = model.tie_embeddings
-        refuse_unexportable(arch, problems)
+        problems[
+            blocker("tied embeddings", "LLaMA-MoE has its own lm_head", "model.tie_embeddings=false")
+        ] = model.tie_embeddings
+        found = present(problems)
         if router.get("name") not in EXPORTABLE:
-            raise MoelightError(
-                f"--arch {arch}: router {router.get('name')!r} cannot be exported: LLaMA-MoE routes with its noisy "
-                "top-k gate; exportable routers: balanced (method: noisy_cv, exact), c2r (exact with the C2R "
-                "paper's modeling file, which reads top_t and collaborative_list from config.json)"
-            )
+            return found + [
+                blocker(
+                    f"the {router.get('name')!r} router",
+                    "LLaMA-MoE routes with its noisy top-k gate; exportable: balanced (method: noisy_cv, exact), "
+                    "c2r (exact with the C2R paper's modeling file, which reads top_t and collaborative_list)",
+                    "router.name=balanced router.method=noisy_cv",
+                )
+            ]
         params = _router_params(router)
-        if router["name"] == "balanced" and params.get("method", "noisy_cv") != "noisy_cv":
-            raise MoelightError(
-                f"--arch {arch}: the balanced router must use method: noisy_cv (LLaMA-MoE's gate)"
-            )
-        if router["name"] == "c2r" and (params["score"] != "softmax" or not params["renormalize"]):
-            raise MoelightError(
-                f"--arch {arch}: LLaMA-MoE weights the k chosen experts by a softmax over their logits "
-                "(c2r needs score: softmax and renormalize: true)"
-            )
-        if router["name"] == "c2r" and params.get("bias_update_rate"):
-            raise MoelightError(
-                f"--arch {arch}: the c2r router's selection bias (bias_update_rate, load-aware C2R) is not "
-                "part of LLaMA-MoE's gate: the export would route differently; allowed: bias_update_rate: 0"
-            )
+        name = router["name"]
+        problems = {
+            blocker(
+                f"router.method: {params.get('method')}",
+                "LLaMA-MoE's gate is noisy_cv",
+                "router.method=noisy_cv",
+            ): name == "balanced" and params.get("method", "noisy_cv") != "noisy_cv",
+            blocker(
+                f"router.score: {params.get('score')}",
+                "LLaMA-MoE weights the k chosen experts by a softmax over their logits",
+                "router.score=softmax",
+            ): name == "c2r" and params.get("score") != "softmax",
+            blocker(
+                "router.renormalize: false",
+                "LLaMA-MoE weights the k chosen experts by a softmax over their logits",
+                "router.renormalize=true",
+            ): name == "c2r" and not params.get("renormalize"),
+            blocker(
+                f"router.bias_update_rate: {params.get('bias_update_rate')}",
+                "load-aware C2R's selection bias is not part of LLaMA-MoE's gate: the export would route differently",
+                "router.bias_update_rate=0",
+            ): name == "c2r" and bool(params.get("bias_update_rate")),
+        }
+        return found + present(problems)
+
+    def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        arch = self.name
+        refuse_unexportable(arch, self.blockers(model, router))
+        params = _router_params(router)
         warnings: list[str] = []
         if params.get("z_loss_coef") or params.get("aux_loss_coef"):
             warnings.append(

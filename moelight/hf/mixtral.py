@@ -18,9 +18,10 @@ from moelight.hf.config_fields import (
     every_layer_moe_fields,
     every_layer_moe_problems,
     plain_attention_problems,
+    present,
     refuse_unexportable,
 )
-from moelight.hf.router_swap import topk_router_of
+from moelight.hf.router_swap import topk_router_of, topk_router_problems
 from moelight.recipe import ModelConfig
 
 
@@ -61,11 +62,15 @@ class Mixtral(Architecture):
             )
         return fields, router, notes
 
+    def blockers(self, model: ModelConfig, router: dict[str, Any]) -> list[str]:
+        problems = present(
+            plain_attention_problems(model, "Mixtral") | every_layer_moe_problems(model, "Mixtral")
+        )
+        return problems + topk_router_problems(router, self.name, model.top_k, renormalize_fixed=True)
+
     def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         arch = self.name
-        refuse_unexportable(
-            arch, plain_attention_problems(model, "Mixtral") | every_layer_moe_problems(model, "Mixtral")
-        )
+        refuse_unexportable(arch, self.blockers(model, router))
         values, warnings = topk_router_of(router, arch, model.top_k, renormalize_fixed=True)
         config = common_hf_fields(model) | {
             "intermediate_size": model.expert_ffn_hidden_size,

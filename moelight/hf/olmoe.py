@@ -11,13 +11,15 @@ from moelight.hf.architecture import Architecture
 from moelight.hf.config_fields import (
     aux_coef_to_hf,
     aux_coef_to_moelight,
+    blocker,
     common_hf_fields,
     every_layer_moe_fields,
     every_layer_moe_problems,
     head_dim_problem,
+    present,
     refuse_unexportable,
 )
-from moelight.hf.router_swap import topk_router_of
+from moelight.hf.router_swap import topk_router_of, topk_router_problems
 from moelight.recipe import ModelConfig
 
 
@@ -48,15 +50,21 @@ class Olmoe(Architecture):
         }
         return fields, router, []
 
+    def blockers(self, model: ModelConfig, router: dict[str, Any]) -> list[str]:
+        problems = {
+            blocker("no QK-norm", "OLMoE normalises q and k", "model.qk_norm=true"): not model.qk_norm,
+            blocker(
+                "model.qkv_bias: true",
+                "OLMoE's attention_bias would also bias the output projection",
+                "model.qkv_bias=false",
+            ): model.qkv_bias,
+        }
+        problems |= every_layer_moe_problems(model, "OLMoE") | head_dim_problem(model)
+        return present(problems) + topk_router_problems(router, self.name, model.top_k)
+
     def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         arch = self.name
-        problems = {
-            "no QK-norm (OLMoE needs model.qk_norm: true)": not model.qk_norm,
-            "model.qkv_bias: true (OLMoE's attention_bias would also bias the output projection)": model.qkv_bias,
-        }
-        refuse_unexportable(
-            arch, problems | every_layer_moe_problems(model, "OLMoE") | head_dim_problem(model)
-        )
+        refuse_unexportable(arch, self.blockers(model, router))
         values, warnings = topk_router_of(router, arch, model.top_k)
         config = common_hf_fields(model) | {
             "intermediate_size": model.expert_ffn_hidden_size,

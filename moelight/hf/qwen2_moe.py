@@ -14,11 +14,15 @@ from moelight.hf.architecture import Architecture
 from moelight.hf.config_fields import (
     aux_coef_to_hf,
     aux_coef_to_moelight,
+    blocker,
     common_hf_fields,
     common_model_fields,
+    head_dim_problem,
+    present,
+    refuse_unexportable,
     require,
 )
-from moelight.hf.router_swap import topk_router_of
+from moelight.hf.router_swap import topk_router_of, topk_router_problems
 from moelight.recipe import ModelConfig, moe_layer_indices
 
 
@@ -79,19 +83,22 @@ class Qwen2Moe(Architecture):
             )
         return fields, router, notes
 
+    def blockers(self, model: ModelConfig, router: dict[str, Any]) -> list[str]:
+        width = model.shared_expert_ffn_hidden_size or model.expert_ffn_hidden_size * model.top_k
+        problems = {
+            blocker("model.qk_norm: true", "Qwen2-MoE has no QK-norm", "model.qk_norm=false"): model.qk_norm,
+            blocker(
+                "no gated shared expert",
+                "Qwen2-MoE has one in every MoE layer",
+                f"model.shared_expert_ffn_hidden_size={width} model.shared_expert_gate=true",
+            ): not (model.shared_expert_ffn_hidden_size and model.shared_expert_gate),
+        }
+        problems |= head_dim_problem(model)
+        return present(problems) + topk_router_problems(router, self.name, model.top_k)
+
     def to_hf(self, model: ModelConfig, router: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         arch = self.name
-        if model.qk_norm:
-            raise MoelightError(
-                f"--arch {arch}: Qwen2-MoE has no QK-norm (the model has model.qk_norm: true)"
-            )
-        if not (model.shared_expert_ffn_hidden_size and model.shared_expert_gate):
-            raise MoelightError(
-                f"--arch {arch}: Qwen2-MoE needs a gated shared expert in every MoE layer "
-                "(model.shared_expert_ffn_hidden_size > 0 and model.shared_expert_gate: true)"
-            )
-        if model.head_dim and model.head_dim * model.n_heads != model.hidden_size:
-            raise MoelightError(f"--arch {arch}: Qwen2-MoE needs head_dim = hidden_size / n_heads")
+        refuse_unexportable(arch, self.blockers(model, router))
         values, warnings = topk_router_of(router, arch, model.top_k)
         n_moe = len(model.moe_layers)
         config = common_hf_fields(model) | {

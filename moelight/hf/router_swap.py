@@ -20,14 +20,6 @@ TOPK_FIELDS = ("score", "renormalize", "aux_loss_coef", "z_loss_coef")
 RECORD_KEY = "moelight_export"
 
 
-def refuse_routing_change(name: str | None, arch: str, top_k: int) -> None:
-    raise MoelightError(
-        f"--arch {arch}: the model routes with the {name!r} router, which {arch} cannot express: the "
-        f"export would route differently (each token to its plain softmax top-{top_k} experts); pass "
-        "--router topk to export it anyway (config.json then records the router that was dropped)"
-    )
-
-
 def as_topk(router: dict[str, Any]) -> dict[str, Any]:
     """The top-k router section closest to `router` (its score function and weighting)."""
     if router.get("name") == "topk":
@@ -66,28 +58,44 @@ def record_dropped(out_dir: str | Path, original: dict[str, Any], exported: dict
 EXPORTABLE_ROUTERS = ("topk",)
 
 
+def topk_router_problems(
+    router: dict[str, Any], arch: str, top_k: int, *, renormalize_fixed: bool | None = None
+) -> list[str]:
+    """Why `router` is not HF's softmax top-k gate for `arch`, each with the recipe change that fixes it."""
+    name = router.get("name")
+    if name not in EXPORTABLE_ROUTERS:
+        return [
+            f"the {name!r} router, which {arch} cannot express: the export would route differently (each "
+            f"token to its plain softmax top-{top_k} experts) (fix: router.name=topk and train, or pass "
+            "--router topk to export it anyway; config.json then records the router that was dropped)"
+        ]
+    values = routers.params(router, "router")[1].model_dump()
+    problems = []
+    if values.get("score", "softmax") != "softmax":
+        problems.append(
+            f"router.score: {values['score']} ({arch} scores with softmax; fix: router.score=softmax)"
+        )
+    if values.get("route_scale", 1.0) != 1.0:
+        problems.append(
+            f"router.route_scale: {values['route_scale']} ({arch} has no weight scale; fix: router.route_scale=1.0)"
+        )
+    if renormalize_fixed is not None and bool(values.get("renormalize", False)) != renormalize_fixed:
+        problems.append(
+            f"router.renormalize: {str(values.get('renormalize', False)).lower()} ({arch} always uses "
+            f"renormalize={str(renormalize_fixed).lower()} for the top-k weights; fix: "
+            f"router.renormalize={str(renormalize_fixed).lower()})"
+        )
+    return problems
+
+
 def topk_router_of(
     router: dict[str, Any], arch: str, top_k: int, *, renormalize_fixed: bool | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     """Check a router section can be expressed as HF's softmax top-k; return (params, warnings)."""
-    name = router.get("name")
-    if name not in EXPORTABLE_ROUTERS:
-        refuse_routing_change(name, arch, top_k)
-    _, params = routers.params(router, "router")
-    values = params.model_dump()
-    warnings: list[str] = []
-    if values.get("score", "softmax") != "softmax":
-        raise MoelightError(f"--arch {arch}: the router scores with {values['score']}; {arch} uses softmax")
-    if values.get("route_scale", 1.0) != 1.0:
-        raise MoelightError(
-            f"--arch {arch}: the router multiplies its weights by route_scale {values['route_scale']}; "
-            f"{arch} has no weight scale (allowed: route_scale: 1.0)"
-        )
-    if renormalize_fixed is not None and bool(values.get("renormalize", False)) != renormalize_fixed:
-        raise MoelightError(
-            f"--arch {arch}: {arch} always uses renormalize={renormalize_fixed} for the top-k weights, "
-            f"the model's router has renormalize={values.get('renormalize')}"
-        )
+    problems = topk_router_problems(router, arch, top_k, renormalize_fixed=renormalize_fixed)
+    if problems:
+        raise MoelightError(f"--arch {arch}: the model cannot be exported as {arch}: {'; '.join(problems)}")
+    values = routers.params(router, "router")[1].model_dump()
     values.setdefault("renormalize", False)
     values.setdefault("aux_loss_coef", 0.0)
-    return values, warnings
+    return values, []

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moelight.model.kv_cache import KVCache, LayerKV
 from moelight.model.moe_layer import MoELayer
 from moelight.recipe import ModelConfig
 
@@ -53,7 +54,11 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.n_heads * self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.n_kv_heads * self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKV | None = None
+    ) -> torch.Tensor:
+        """`cache` (inference): keys/values of the earlier positions, extended here by this call's;
+        `cos`/`sin` are then the tables of this call's positions only."""
         b, s, _ = x.shape
         q, k = self.q_proj(x), self.k_proj(x)
         if self.q_norm is not None:
@@ -62,10 +67,19 @@ class Attention(nn.Module):
         k = k.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # SDPA's is_causal aligns the mask top-left; new query i sits at position past + i.
+            mask = torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -90,8 +104,10 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.ffn = ffn
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKV | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -129,6 +145,22 @@ class MoETransformer(nn.Module):
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, cos, sin)
+        x = self.norm(x)
+        return x @ self.embed.weight.t() if self.lm_head is None else self.lm_head(x)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.blocks))
+
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Inference: logits [B, S, vocab] of tokens `idx` that follow the `cache.length` tokens the
+        cache holds (their keys and values); the cache then holds these tokens too."""
+        past, s = cache.length, idx.shape[1]
+        head_dim = self.blocks[0].attn.head_dim
+        cos, sin = rotary_tables(past + s, head_dim, self.cfg.rope_theta, idx.device)
+        cos, sin = cos[past:], sin[past:]
+        x = self.embed(idx)
+        for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
+            x = block(x, cos, sin, layer_cache)
         x = self.norm(x)
         return x @ self.embed.weight.t() if self.lm_head is None else self.lm_head(x)
 

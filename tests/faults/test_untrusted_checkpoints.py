@@ -85,6 +85,8 @@ def commands(ckpt: Path, tiny: list[str], tmp: Path) -> dict[str, list[str]]:
         "eval": ["eval", str(ckpt), "--tasks", "moelight_python_mc"],
         "profile": ["profile", str(ckpt), "--out", str(tmp / "prof")],
         "convert export": ["convert", "export", str(ckpt), "--out", str(tmp / "hf"), "--arch", "mixtral"],
+        "generate": ["generate", str(ckpt), "--prompt", "x", "--max-new-tokens", "2"],
+        "chat": ["chat", str(ckpt), "--max-new-tokens", "2"],
     }
 
 
