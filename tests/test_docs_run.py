@@ -9,7 +9,7 @@ How (tests/doc_commands.py has the extraction rules and the skip marker):
   `moelight`: a `moelight` (and `moelight-lm-eval`) first on PATH that runs the real CLI with
   the arguments of TINY appended for its verb: a small model and a few steps for `fit` (later
   overrides win, so `trainer.max_steps=50` in a doc becomes 4), a few documents per task for
-  `eval`. Model depth and expert counts stay as written, so shipped profiles still fit.
+  `eval`, a few tokens for `generate`. Model depth and expert counts stay as written, so shipped profiles still fit.
 - Blocks marked `<!-- docs-test: skip (reason) -->` are not run; the test reports each one
   (a DocsBlockSkipped warning in pytest's summary, and a line on stdout).
 """
@@ -46,6 +46,7 @@ TINY_FIT = [
 TINY = {
     ("moelight", "fit"): TINY_FIT,
     ("moelight", "eval"): ["--limit", "2"],
+    ("moelight", "generate"): ["--max-new-tokens", "8"],
     ("moelight-lm-eval", None): ["--limit", "2"],
 }
 BLOCK_TIMEOUT_S = 600
@@ -117,6 +118,7 @@ def run_chain(doc: str, tmp_path: Path, cache: Path) -> list[Block]:
             ["bash", "-e", "-o", "pipefail", "-c", block.text],
             cwd=work,
             env=env,
+            stdin=subprocess.DEVNULL,  # an interactive command (`moelight chat`) reads EOF and ends
             capture_output=True,
             text=True,
             timeout=BLOCK_TIMEOUT_S,
