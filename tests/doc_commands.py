@@ -22,7 +22,8 @@ from pathlib import Path
 
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 SHELL = {"bash", "sh", "shell"}
-MARKER = re.compile(r"<!--\s*docs-test:(.*?)-->")
+# A marker is an HTML comment on its own line (a mention inside prose or backticks is not one).
+MARKER = re.compile(r"^\s*<!--\s*docs-test:(.*?)-->\s*$")
 SKIP = re.compile(r"^\s*skip\s*\((.+)\)\s*$")
 
 
@@ -49,7 +50,7 @@ def _marker_above(lines: list[str], fence: int, where: str) -> str | None:
         i -= 1
     if i < 0:
         return None
-    match = MARKER.search(lines[i])
+    match = MARKER.match(lines[i])
     if match is None:
         return None
     skip = SKIP.match(match.group(1))
@@ -68,7 +69,7 @@ def shell_blocks(text: str, doc: str) -> list[Block]:
     while i < len(lines):
         m = FENCE.match(lines[i])
         if m is None:
-            if MARKER.search(lines[i]) and not _next_is_fence(lines, i):
+            if MARKER.match(lines[i]) and not _next_is_fence(lines, i):
                 raise MarkerError(f"{doc}:{i + 1}: a docs-test marker must stand just above a code fence")
             i += 1
             continue
