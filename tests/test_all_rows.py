@@ -124,3 +124,13 @@ def test_bad_val_source_is_one_line(tmp_path, run_env, capsys):
     code = main(["fit", "data.val_source=x.txt", "data.val_fraction=0.1", "trainer.max_steps=1"])
     err = capsys.readouterr().err
     assert code == 2 and "val_source replaces the held-out split" in err and "Traceback" not in err
+
+
+def test_asking_for_validation_without_data_names_the_fix(tmp_path):
+    from moelight.errors import ConfigError
+
+    dm = instruct(tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"no validation data .* data.val_source=PATH or data.val_fraction > 0"
+    ):
+        dm.val_dataloader()

@@ -270,9 +270,9 @@ class MoEDataModule(L.LightningDataModule):
         world_size, rank = self._data_parallel()
         if not self.config.has_validation:
             raise ConfigError(
-                "trainer.limit_val_batches",
+                "data.val_fraction",
                 "there is no validation data (data.val_fraction: 0 and no data.val_source); "
-                "set data.val_source or data.val_fraction > 0 to validate",
+                "set data.val_source=PATH or data.val_fraction > 0",
             )
         val = self.val_dataset
         if len(val) < world_size:
