@@ -214,9 +214,30 @@ class ParallelConfig(Section):
         "expert_parallel (same as --trainer.strategy.expert_parallel P)",
     )
     placement: str = Field("contiguous", description="'contiguous' or a placement file (.json/.npy)")
+    fsdp: bool = Field(
+        False,
+        description="FSDP2: dense parameters sharded over all ranks, experts over the ranks holding "
+        "the same experts, on one (edp, ep) mesh; false: dense parameters replicated (DDP)",
+    )
+    param_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="with fsdp: the dtype parameters are gathered in for compute (master weights, "
+        "optimizer state and gradient reduction stay float32)",
+    )
+    cpu_offload: bool = Field(
+        False, description="with fsdp: sharded parameters, gradients and optimizer state live in CPU memory"
+    )
     collective_timeout_s: float = Field(
         300.0, gt=0, description="a rank waiting longer than this on the others stops the run"
     )
+
+    @model_validator(mode="after")
+    def _fsdp_only(self) -> ParallelConfig:
+        if not self.fsdp and self.param_dtype != "float32":
+            raise ValueError("param_dtype applies to FSDP only: set parallel.fsdp=true or leave it float32")
+        if not self.fsdp and self.cpu_offload:
+            raise ValueError("cpu_offload applies to FSDP only: set parallel.fsdp=true or leave it false")
+        return self
 
 
 class ProfileConfig(Section):

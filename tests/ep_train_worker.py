@@ -1,11 +1,14 @@
 """A small training run with or without expert parallelism, for tests/test_expert_parallel.py.
 
     python tests/ep_train_worker.py OUT_DIR --ep P --devices N --batch B --steps S
-        [--dispatcher NAME] [--resume PATH] [--placement FILE] [--dump] [--cache DIR]
+        [--dispatcher NAME] [--resume PATH] [--placement FILE] [--dump] [--cache DIR] [--init-from PATH]
+        [--fsdp] [--c2r-profile FILE]
 
 Lightning launches the other ranks by re-running this command line (its subprocess launcher).
-Writes, from rank 0, OUT_DIR/losses.json (the global-mean loss of every step) and saves
-OUT_DIR/final.ckpt (a sharded directory with P > 1, a file otherwise). With --dump every rank
+Writes, from rank 0, OUT_DIR/losses.json (the global-mean loss of every step) and
+OUT_DIR/norms.json (the gradient norm before clipping of every step), and saves OUT_DIR/final.ckpt
+(a sharded directory with P > 1 or --fsdp, a file otherwise). --fsdp trains with
+parallel.fsdp=true; --c2r-profile routes with C2R (top_t 2) on that co-activation file. With --dump every rank
 writes OUT_DIR/restored.rank<r>.pt: its model and optimizer state under global keys (see
 moelight/parallel/checkpoint.py) as they are right after the checkpoint was restored.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch.distributed.tensor import DTensor
 
 from moelight.data.datamodule import MoEDataModule
 from moelight.parallel.checkpoint import (
@@ -26,6 +30,7 @@ from moelight.parallel.checkpoint import (
     optimizer_param_names,
     optimizer_to_global,
 )
+from moelight.parallel.fsdp_checkpoint import local_expert_layout, localize_experts
 from moelight.recipe import load_recipe
 from moelight.training.module import MoELanguageModel
 from moelight.training.run_dir import prepare_run
@@ -41,8 +46,7 @@ def recipe_overrides(args) -> list[str]:
         "model.top_k=2",
         "model.expert_ffn_hidden_size=32",
         "model.ffn_hidden_size=64",
-        "router.name=topk",
-        "router.aux_loss_coef=0",  # a per-shard balancing loss is not the global one
+        *router_overrides(args),
         f"dispatcher.name={args.dispatcher}",
         "data.seq_len=32",
         f"data.batch_size={args.batch}",
@@ -61,22 +65,45 @@ def recipe_overrides(args) -> list[str]:
         f"trainer.out_dir={args.out}",
         f"parallel.expert_parallel={args.ep}",
         f"parallel.placement={args.placement or 'contiguous'}",
+        f"parallel.fsdp={str(args.fsdp).lower()}",
+        *(
+            [f"parallel.param_dtype={args.param_dtype}", f"parallel.cpu_offload={args.cpu_offload}"]
+            if args.fsdp
+            else []
+        ),
         "seed=7",
-    ]
+    ] + ([f"model.init_from={args.init_from}"] if getattr(args, "init_from", None) else [])
+
+
+def router_overrides(args) -> list[str]:
+    # a per-shard balancing loss is not the global one: no aux loss
+    if args.c2r_profile:
+        return [
+            "router.name=c2r",
+            "router.top_t=2",
+            "router.aux_loss_coef=0",
+            f"profile.path={args.c2r_profile}",
+        ]
+    return ["router.name=topk", "router.aux_loss_coef=0"]
 
 
 def global_state(module, optimizer) -> dict[str, torch.Tensor]:
+    """Model and optimizer state under global keys; FSDP shards: experts by row, dense gathered."""
+    state = {"state_dict": module.state_dict(), "optimizer_states": [optimizer.state_dict()]}
     layout = expert_layout(module)
-    flat = model_to_global(module.state_dict(), layout)
+    if any(isinstance(v, DTensor) for v in state["state_dict"].values()):
+        state, layout = localize_experts(state, module, [optimizer]), local_expert_layout(module)
+    flat = model_to_global(state["state_dict"], layout)
     tensors, _ = optimizer_to_global(
-        optimizer.state_dict(), optimizer_param_names(optimizer, module), layout, 0
+        state["optimizer_states"][0], optimizer_param_names(optimizer, module), layout, 0
     )
-    return {k: v.detach().clone() for k, v in {**flat, **tensors}.items()}
+    full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in {**flat, **tensors}.items()}
+    return {k: v.detach().clone() for k, v in full.items()}
 
 
 class Record(L.Callback):
     def __init__(self, out: Path, dump: bool):
-        self.out, self.dump, self.losses = out, dump, []
+        self.out, self.dump, self.losses, self.norms = out, dump, [], []
 
     def on_train_start(self, trainer, module):
         if self.dump:
@@ -86,10 +113,12 @@ class Record(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
         self.losses.append(float(loss))
+        self.norms.append(float(module.grad_norm))
 
     def on_train_end(self, trainer, module):
         if trainer.is_global_zero:
             (self.out / "losses.json").write_text(json.dumps(self.losses))
+            (self.out / "norms.json").write_text(json.dumps(self.norms))
 
 
 def main() -> None:
@@ -103,7 +132,12 @@ def main() -> None:
     parser.add_argument("--resume")
     parser.add_argument("--placement")
     parser.add_argument("--dump", action="store_true")
+    parser.add_argument("--init-from", help="model.init_from: the weights every rank starts from")
     parser.add_argument("--cache", help="tokenised-corpus cache shared between runs")
+    parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--param-dtype", "--param_dtype", default="float32", help="with --fsdp")
+    parser.add_argument("--cpu-offload", "--cpu_offload", default="false", help="with --fsdp: true/false")
+    parser.add_argument("--c2r-profile", "--c2r_profile", help="co-activation counts (.npy) for C2R routing")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ Each setting lives in one place: a recipe field that is a Trainer argument IS th
 (`max_steps`, `devices`, `precision`, ...); `trainer.out_dir`, `trainer.progress_bar` and
 `optim.grad_clip` are Lightning's `default_root_dir`, `enable_progress_bar` and
 `gradient_clip_val`; `trainer.logger` (a keyword) is the default of Lightning's `logger`;
-`parallel.expert_parallel` is the default strategy's `expert_parallel`, and a strategy given on the
+`parallel.expert_parallel` (with `parallel.fsdp`) is the default strategy's `expert_parallel`, and a strategy given on the
 command line decides it.
 """
 
@@ -33,6 +33,7 @@ from moelight.cli.verb_parser import HelpFormatter
 from moelight.data.datamodule import MoEDataModule
 from moelight.errors import MoelightError
 from moelight.parallel.collective_timeout import set_config_timeout, strategy_with_timeout
+from moelight.parallel.fsdp_strategy import FSDPExpertParallelStrategy
 from moelight.parallel.strategy import ExpertParallelStrategy
 from moelight.recipe import Recipe, validate_recipe
 from moelight.training.module import MoELanguageModel, check_vocab
@@ -203,9 +204,16 @@ class MoelightCLI(LightningCLI):
     def with_strategy_expert_parallel(self, recipe: Recipe) -> Recipe:
         """The strategy decides the expert-parallel size; the recipe records it (models read it)."""
         strategy = self.trainer.strategy
-        size = strategy.expert_parallel if isinstance(strategy, ExpertParallelStrategy) else 1
-        if size == recipe.parallel.expert_parallel:
+        fsdp = isinstance(strategy, FSDPExpertParallelStrategy)
+        ep = isinstance(strategy, ExpertParallelStrategy) or fsdp
+        size = strategy.expert_parallel if ep else 1
+        if size == recipe.parallel.expert_parallel and fsdp == recipe.parallel.fsdp:
             return recipe
         data: dict[str, Any] = recipe.model_dump(mode="json", exclude_unset=True)
-        data.setdefault("parallel", {})["expert_parallel"] = size
+        parallel = data.setdefault("parallel", {})
+        parallel.update(expert_parallel=size, fsdp=fsdp)
+        if fsdp:
+            parallel.update(param_dtype=strategy.param_dtype, cpu_offload=strategy.cpu_offload)
+        else:
+            parallel.update(param_dtype="float32", cpu_offload=False)
         return validate_recipe(data)

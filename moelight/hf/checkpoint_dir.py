@@ -1,4 +1,4 @@
-"""A local Hugging Face checkpoint directory: config.json and its safetensors tensors, read lazily."""
+"""A local Hugging Face checkpoint directory: config.json and its safetensors tensors, read part by part."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from moelight.errors import MoelightError
+from moelight.model.weight_sources import Index, full_index, read_rows
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -23,7 +24,7 @@ class HFCheckpoint:
     path: Path
     config: dict[str, Any]
     files: dict[str, Path]  # tensor name -> file
-    _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
+    _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | Path) -> HFCheckpoint:
@@ -40,7 +41,6 @@ class HFCheckpoint:
         if not isinstance(config, dict):
             raise MoelightError(f"{config_path}: expected a JSON object")
         files: dict[str, Path] = {}
-        handles: dict[Path, Any] = {}
         index = path / INDEX_NAME
         if index.is_file():
             try:
@@ -54,6 +54,7 @@ class HFCheckpoint:
                     + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
                 )
             files = {name: path / f for name, f in weight_map_.items()}
+            shapes: dict[str, tuple[int, ...]] = {}
         else:
             shards = sorted(path.glob("*.safetensors"))
             if not shards:
@@ -65,30 +66,42 @@ class HFCheckpoint:
                     else ""
                 )
                 raise MoelightError(f"{path}: missing weight files: no *.safetensors{hint}")
+            shapes = {}
             for shard in shards:
-                # Kept open: the tensors are read from the same handles later.
-                handles[shard] = _safe_open(shard)
-                files.update(dict.fromkeys(handles[shard].keys(), shard))
-        return cls(path, config, files, handles)
+                shard_shapes = _file_shapes(shard)
+                shapes.update(shard_shapes)
+                files.update(dict.fromkeys(shard_shapes, shard))
+        return cls(path, config, files, shapes)
 
     def has(self, name: str) -> bool:
         return name in self.files
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
+        if name not in self._shapes:  # a sharded checkpoint: read its file's header once
+            self._shapes.update(_file_shapes(self.files[name]))
+        return self._shapes[name]
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        return self.read(name)
 
-    def _handle(self, name: str) -> Any:
+    def read(self, name: str, index: Index | None = None) -> torch.Tensor:
+        """Tensor `name` or its part `index` (see moelight.model.weight_sources), copied out of a
+        mapping of its file that is dropped again: reading never holds more than the part."""
         file = self.files[name]
-        if file not in self._handles:
-            self._handles[file] = _safe_open(file)
-        return self._handles[file]
+        shape = self.shape(name)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                if not shape:
+                    return f.get_tensor(name).clone()
+                part = f.get_slice(name)
+                return read_rows(lambda sl: part[sl], full_index(shape) if index is None else index)
+        except Exception as exc:  # safetensors raises its own error types
+            raise MoelightError(f"{file}: cannot read {name}: {exc}") from None
 
 
-def _safe_open(file: Path) -> Any:
+def _file_shapes(file: Path) -> dict[str, tuple[int, ...]]:
     try:
-        return safe_open(str(file), framework="pt")
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types
         raise MoelightError(f"{file}: not a readable safetensors file: {exc}") from None

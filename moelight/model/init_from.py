@@ -1,24 +1,32 @@
 """`model.init_from`: start a model from a converted model or a moelight checkpoint.
 
-Accepted: a `moelight convert import` directory (its `model.safetensors`), a `.safetensors` file
+Accepted: a `moelight convert import` directory (its `model.safetensors`), a local Hugging Face
+MoE checkpoint directory (config.json + safetensors, converted as `convert import` does, tensor
+by tensor; its recipe is the imported model and router sections), a `.safetensors` file
 with moelight state-dict names, or a Lightning `.ckpt` whose `state_dict` keys are the training
-module's (`model.` + moelight name). Expert tensors are stored for all experts (`[E, ...]`); a
-rank that holds a subset of experts (expert parallelism) takes its rows by global expert id.
+module's (`model.` + moelight name), or a sharded expert-parallel checkpoint directory. Expert
+tensors are stored for all experts (`[E, ...]`).
+
+Loading is shard by shard: the model is built with its parameters on the meta device
+(`moelight.model.meta_params`) and each parameter reads only the part of its stored tensor this
+rank holds (`moelight.model.local_parts`: its experts' rows by global expert id, its FSDP2
+chunk), one tensor at a time (`moelight.model.weight_sources`). So a rank's peak host memory is
+its shard plus one tensor part, not the model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from moelight.checkpoint.files import check_checkpoint_file, checkpoint_corrupt
 from moelight.errors import MoelightError
-from moelight.moe.experts import ExpertWeights
-from moelight.parallel.checkpoint import consolidated_file
+from moelight.model.local_parts import is_dtensor, local_index
+from moelight.model.weight_sources import Index, WeightSource, open_source
+from moelight.moe.experts import named_expert_parameters
 from moelight.recipe import read_recipe_dict
 
 # The weight dtypes a user may name when loading a model (`moelight eval`, `moelight convert`).
@@ -26,7 +34,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 MODEL_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
-CKPT_PREFIX = "model."  # the training module holds the transformer as `self.model`
+HF_CONFIG = "config.json"  # a Hugging Face checkpoint directory (no recipe.yaml beside it)
 
 
 def first_names(names: list[str], n: int = 5) -> str:
@@ -34,82 +42,66 @@ def first_names(names: list[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + more
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise checkpoint_corrupt(path, f"not a readable safetensors file ({exc})") from None
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(moelight state dict, the recipe as a dict when the source carries one) of `path`."""
+def open_checkpoint(path: str | Path) -> WeightSource:
+    """A reader of the weights at `path` (nothing read yet), with the recipe it carries."""
     p = Path(path).expanduser()
-    if p.is_dir() and (p / ".metadata").is_file():
-        # An expert-parallel checkpoint: read its single-file form (all experts, in order).
-        p = consolidated_file(p)
-    if p.is_dir():
+    if p.is_dir() and (p / HF_CONFIG).is_file() and not (p / RECIPE_FILE).is_file():
+        from moelight.hf.importer import HFSource  # the HF package imports this module
+
+        return HFSource(p)  # a Hugging Face directory, converted tensor by tensor
+    if p.is_dir() and not (p / ".metadata").is_file():
         weights = p / MODEL_FILE
         if not weights.is_file():
             raise MoelightError(f"{p}: no {MODEL_FILE} (expected a `moelight convert import` directory)")
-        recipe = None
+        source = open_source(weights)
         if (p / RECIPE_FILE).is_file():
-            recipe = read_recipe_dict(p / RECIPE_FILE)
-        return _load_safetensors(weights), recipe
-    if not p.is_file():
-        raise MoelightError(f"checkpoint not found: {p}")
-    if p.suffix == ".safetensors":
-        return _load_safetensors(p), None
-    if p.suffix in (".ckpt", ".pt", ".pth"):
-        check_checkpoint_file(p)
-        try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:  # torch's own text would advise unsafe loading (weights_only=False)
-            raise checkpoint_corrupt(p, "not a readable torch checkpoint") from None
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-            raise MoelightError(f"{p}: not a Lightning checkpoint (no state_dict)")
-        state = {k[len(CKPT_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(CKPT_PREFIX)}
-        if not state:
-            raise MoelightError(
-                f"{p}: its state_dict has no '{CKPT_PREFIX}*' weights (not a moelight checkpoint)"
-            )
-        recipe = (ckpt.get("hyper_parameters") or {}).get("recipe")
-        return state, recipe if isinstance(recipe, dict) else None
-    raise MoelightError(
-        f"{p}: unknown checkpoint type {p.suffix!r} (expected a converted directory, .safetensors or .ckpt)"
-    )
+            source.recipe = read_recipe_dict(p / RECIPE_FILE)
+        return source
+    return open_source(p)  # a file, or a sharded expert-parallel directory
 
 
-def _select_local_experts(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rows of this rank's experts when the file holds more experts than the module (expert parallelism)."""
-    out = dict(state)
-    for prefix, module in model.named_modules():
-        if not isinstance(module, ExpertWeights):
-            continue
-        for name in ("w1", "v1", "w2"):
-            key = f"{prefix}.{name}" if prefix else name
-            t = out.get(key)
-            if t is None or t.dim() != 3 or t.shape[0] == module.num_local:
-                continue
-            if max(module.global_ids) < t.shape[0]:
-                out[key] = t[torch.tensor(module.global_ids)]
-    return out
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(moelight state dict, the recipe as a dict when the source carries one) of `path`, whole:
+    for single-process uses (eval, profile, export)."""
+    with open_checkpoint(path) as source:
+        return source.read_all(), source.recipe
 
 
-def load_init_weights(model: nn.Module, path: str) -> None:
-    """Copy the weights at `path` into `model`, strictly: every parameter must be present with its
-    shape, and nothing may be left over. Missing buffers (e.g. a balancing router's running bias)
-    keep their initial values."""
-    state, _ = read_checkpoint(path)
-    state = _select_local_experts(model, state)
-    own = model.state_dict()
+def _expert_rows(model: nn.Module) -> dict[str, list[int]]:
+    """State-dict name of every expert tensor -> the global ids of its rows."""
+    return {name: list(owner.global_ids) for name, _, owner in named_expert_parameters(model)}
+
+
+@dataclass
+class _Part:
+    name: str  # state-dict name, in the model and in the source
+    target: torch.Tensor  # the parameter or buffer it fills (a DTensor for FSDP2)
+    index: Index  # what to read of the stored tensor
+
+
+def _plan(model: nn.Module, source: WeightSource, what: str) -> list[_Part]:
+    """What each tensor of `model` reads from `source`; every mismatch at once, before reading."""
+    own = model.state_dict(keep_vars=True)
     params = {name for name, _ in model.named_parameters()}
-    missing = [k for k in own if k not in state and k in params]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
+    stored = set(source.names())
+    experts = _expert_rows(model)
+    missing = [k for k in own if k not in stored and k in params]
+    unexpected = [k for k in source.names() if k not in own]
+    mismatched, parts = [], []
+    for name, target in own.items():
+        if name not in stored:
+            continue
+        shape = source.shape(name)
+        rows = experts.get(name)
+        # A stored expert tensor holds all experts (or exactly this module's, e.g. at P=1).
+        if rows is not None and shape and shape[0] != len(rows) and max(rows, default=-1) < shape[0]:
+            shape = (len(rows), *shape[1:])
+        else:
+            rows = None
+        if tuple(shape) != tuple(target.shape):
+            mismatched.append(f"{name} {list(source.shape(name))} vs model {list(target.shape)}")
+            continue
+        parts.append(_Part(name, target, local_index(target, rows)))
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} weight(s): {first_names(missing)}")
@@ -118,12 +110,57 @@ def load_init_weights(model: nn.Module, path: str) -> None:
     if mismatched:
         problems.append(f"shape mismatch: {first_names(mismatched, 3)}")
     if problems:
-        raise MoelightError(
-            f"model.init_from {path}: the weights do not fit the recipe's model ({'; '.join(problems)})"
+        raise MoelightError(f"{what}: the weights do not fit the recipe's model ({'; '.join(problems)})")
+    return parts
+
+
+def _local_shape(index: Index) -> tuple[int, ...]:
+    return tuple(len(i) if not isinstance(i, slice) else i.stop - i.start for i in index)
+
+
+def _read_part(source: WeightSource, part: _Part, dtype: torch.dtype) -> torch.Tensor:
+    shape = _local_shape(part.index)
+    if 0 in shape:  # an empty chunk (more ranks than rows)
+        return torch.empty(shape, dtype=dtype)
+    return source.read(part.name, part.index if part.index else None).to(dtype)
+
+
+@torch.no_grad()
+def _fill(model: nn.Module, part: _Part, value: torch.Tensor) -> None:
+    """Copy into the target's storage, or, when it is on the meta device, put `value` in its place."""
+    target = part.target
+    local = target.to_local() if is_dtensor(target) else target
+    if not local.is_meta:
+        local.copy_(value)
+        return
+    if is_dtensor(target):
+        from torch.distributed.tensor import DTensor
+
+        value = DTensor.from_local(
+            value,
+            target.device_mesh,
+            target.placements,
+            run_check=False,
+            shape=target.shape,
+            stride=target.stride(),
         )
-    to_load = {k: v for k, v in state.items() if k in own}
-    # A model built on the meta device has no storage to copy into: take the tensors instead.
-    on_meta = any(t.is_meta for t in own.values())
-    if on_meta:
-        to_load = {k: v.to(own[k].dtype) for k, v in to_load.items()}
-    model.load_state_dict(to_load, strict=False, assign=on_meta)
+    owner_name, _, leaf = part.name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    if isinstance(target, nn.Parameter):
+        value = nn.Parameter(value, requires_grad=target.requires_grad)
+    setattr(owner, leaf, value)
+
+
+def load_weights(model: nn.Module, source: WeightSource, what: str) -> None:
+    """Fill `model` from `source`, strictly, one tensor part at a time (see the module docstring)."""
+    for part in _plan(model, source, what):
+        _fill(model, part, _read_part(source, part, part.target.dtype))
+
+
+def load_init_weights(model: nn.Module, path: str) -> None:
+    """Copy the weights at `path` into `model`, strictly: every parameter must be present with its
+    shape, and nothing may be left over. Missing buffers (e.g. a balancing router's running bias)
+    keep their initial values. Each parameter reads only the part this rank holds: its experts'
+    rows, its FSDP2 chunk; parameters on the meta device are replaced by the loaded tensors."""
+    with open_checkpoint(path) as source:
+        load_weights(model, source, f"model.init_from {path}")

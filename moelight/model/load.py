@@ -9,7 +9,8 @@ import torch
 
 from moelight.errors import MoelightError
 from moelight.model.build import build_model, layer_contexts
-from moelight.model.init_from import read_checkpoint
+from moelight.model.init_from import load_weights, open_checkpoint
+from moelight.model.meta_params import parameters_on_meta
 from moelight.recipe import Recipe, merge, parse_overrides, read_recipe_dict, validate_recipe
 from moelight.registry import routers
 
@@ -47,37 +48,23 @@ def load_checkpoint(
 ) -> LoadedModel:
     """The model of a moelight checkpoint with its weights, and its recipe (plus `overrides`).
 
-    Reading goes through `moelight.model.init_from.read_checkpoint` (single-file Lightning
-    .ckpt, sharded expert-parallel directory, or a converted directory with its recipe.yaml).
+    Reading goes through `model.init_from`'s reader (single-file Lightning .ckpt, sharded
+    expert-parallel directory, or a converted directory with its recipe.yaml).
     `recipe_path` replaces the recipe the checkpoint carries (needed for a bare .safetensors).
     """
-    state, recipe_dict = read_checkpoint(path)
-    if recipe_path is not None:
-        recipe_dict = read_recipe_dict(recipe_path)
-    if recipe_dict is None:
-        raise MoelightError(
-            f"{path} carries no recipe (a Lightning checkpoint's hyper_parameters['recipe'] or a "
-            "converted directory's recipe.yaml): cannot tell which model to build (pass a recipe)"
-        )
-    recipe_dict = merge(recipe_dict, parse_overrides(overrides or []))
-    model_section = dict(recipe_dict.get("model") or {})
-    model_section["init_from"] = None  # the checkpoint's own weights are loaded below
-    recipe = validate_recipe({**recipe_dict, "model": model_section})
-    model = single_process_model(recipe)
-    own = model.state_dict()
-    mismatched = [
-        f"{k} {list(v.shape)} vs model {list(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if mismatched:
-        raise MoelightError(
-            f"{path}: the weights do not fit the model of its recipe (shape mismatch: {mismatched[:3]})"
-        )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise MoelightError(
-            f"{path}: the weights do not fit the model of its recipe "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+    with open_checkpoint(path) as source:
+        recipe_dict = source.recipe if recipe_path is None else read_recipe_dict(recipe_path)
+        if recipe_dict is None:
+            raise MoelightError(
+                f"{path} carries no recipe (a Lightning checkpoint's hyper_parameters['recipe'] or a "
+                "converted directory's recipe.yaml): cannot tell which model to build (pass a recipe)"
+            )
+        recipe_dict = merge(recipe_dict, parse_overrides(overrides or []))
+        model_section = dict(recipe_dict.get("model") or {})
+        model_section["init_from"] = None  # the checkpoint's own weights are loaded below
+        recipe = validate_recipe({**recipe_dict, "model": model_section})
+        # Parameters on meta, then filled one tensor at a time: the model's memory, not twice it.
+        with parameters_on_meta():
+            model = single_process_model(recipe)
+        load_weights(model, source, str(path))
     return LoadedModel(recipe, model, str(path))

@@ -39,7 +39,7 @@ class MoELayer(nn.Module):
         routing = self.router(flat)
         if self.training:  # a plugin's bad output fails here, naming it, not deep in a dispatcher
             check_routing(routing, flat.shape[0], self.ctx, self.router, self.check_routing_values)
-        y = self.dispatcher(flat, routing)
+        y = self.experts(self.dispatcher, flat, routing)  # through the experts: see ExpertWeights.forward
         if self.shared_expert is not None:
             shared = self.shared_expert(flat)
             if self.shared_expert_gate is not None:

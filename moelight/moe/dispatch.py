@@ -53,6 +53,10 @@ class Dispatcher(nn.Module):
 
     Params: ClassVar[type[PluginParams]] = PluginParams
     single_device: ClassVar[bool] = False
+    # Under parallel.fsdp=true the expert weights are FSDP2 shards, gathered while the MoE layer
+    # calls the dispatcher (ExpertWeights.forward); a dispatcher that keeps its own references to
+    # weight tensors, or that is untested there, sets this False and is refused with a recipe error.
+    fsdp_compatible: ClassVar[bool] = True
 
     def __init__(
         self,

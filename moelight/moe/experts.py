@@ -7,7 +7,8 @@ MegaBlocks' layout. Rows are the experts this rank holds, in the order of `globa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,12 @@ class ExpertWeights(nn.Module):
             self.w1[i].normal_(0.0, self.init_std, generator=gen)
             self.v1[i].normal_(0.0, self.init_std, generator=gen)
             self.w2[i].normal_(0.0, self.init_std / math.sqrt(2.0), generator=gen)
+
+    def forward(self, dispatch: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+        """`dispatch(*args)`: the MoE layer calls its dispatcher through this module so that a
+        wrapper of it (FSDP2's `fully_shard` gathers the expert shards in its forward hooks) sees
+        the weights used from here."""
+        return dispatch(*args)
 
     @property
     def num_local(self) -> int:

@@ -215,14 +215,18 @@ def save_sharded(
     optimizers: list[torch.optim.Optimizer],
     ep_rank: int = 0,
     expert_parallel: int = 1,
+    layout: dict[str, list[int]] | None = None,
 ) -> None:
-    """Write Lightning's `checkpoint` dict as a sharded directory at `path` (atomically)."""
+    """Write Lightning's `checkpoint` dict as a sharded directory at `path` (atomically).
+
+    `layout`: the global expert ids of the expert rows in `checkpoint` (default: all of this
+    rank's experts; FSDP passes the rows of its shard)."""
     # imported on use: it loads much of torch.distributed, which single-process runs never need
     import torch.distributed.checkpoint as dcp
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
-    layout = expert_layout(module)
+    layout = expert_layout(module) if layout is None else layout
     tensors = model_to_global(checkpoint["state_dict"], layout)
     meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
     if "optimizer_states" in checkpoint:

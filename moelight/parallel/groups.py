@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from moelight.errors import ConfigError
 from moelight.moe.dispatch import ExpertParallelContext
@@ -33,6 +33,7 @@ class ExpertParallelGroups:
     edp_group: object  # ranks holding the same experts (their gradients are summed)
     edp_size: int
     world_size: int
+    mesh: DeviceMesh | None = None  # the (edp, ep) mesh; FSDP shards experts over mesh["edp"]
 
 
 def build_groups(expert_parallel: int, device_type: str) -> ExpertParallelGroups:
@@ -46,5 +47,9 @@ def build_groups(expert_parallel: int, device_type: str) -> ExpertParallelGroups
         rank=mesh.get_local_rank("ep"), size=expert_parallel, group=mesh.get_group("ep")
     )
     return ExpertParallelGroups(
-        ep=ep, edp_group=mesh.get_group("edp"), edp_size=world // expert_parallel, world_size=world
+        ep=ep,
+        edp_group=mesh.get_group("edp"),
+        edp_size=world // expert_parallel,
+        world_size=world,
+        mesh=mesh,
     )

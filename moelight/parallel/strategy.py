@@ -4,7 +4,8 @@
   LightningModule reads `strategy.ep_context` in `configure_model` and builds only its experts.
 - Gradients: dense parameters stay under DDP; expert parameters are kept out of DDP's all-reduce
   and reduced after backward over the ranks holding the same experts (grad_sync.py). Clipping
-  uses the norm over all expert shards.
+  uses the norm over all expert shards (`clip_grad_norm`, called from the LightningModule's
+  public configure_gradient_clipping hook).
 - Checkpoints: sharded and resharding (checkpoint.py); restored after setup, once the local
   experts and the optimizer exist.
 """
@@ -60,18 +61,13 @@ class ExpertParallelStrategy(DDPStrategy):
         self._expert_params = expert_parameters(module)
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(self._expert_params))
         super().setup(trainer)
-        self._use_global_norm_clipping()
 
-    def _use_global_norm_clipping(self) -> None:
-        """The precision plugin clips by the norm of this rank's gradients; make it the global norm."""
-        plugin = self.precision_plugin
+    def clip_grad_norm(self, optimizer, max_norm: float):
+        """Clip by the norm over all expert shards (the LightningModule's configure_gradient_clipping
+        calls this); returns that norm."""
         expert_ids = {id(p) for p in self._expert_params.values()}
-        group = self.groups.ep.group
-
-        def clip_grad_by_norm(optimizer, clip_val) -> None:
-            clip_by_global_norm(list(plugin.main_params(optimizer)), expert_ids, float(clip_val), group)
-
-        plugin.clip_grad_by_norm = clip_grad_by_norm
+        params = list(self.precision_plugin.main_params(optimizer))
+        return clip_by_global_norm(params, expert_ids, float(max_norm), self.groups.ep.group)
 
     def optimizer_step(self, optimizer, closure, model=None, **kwargs: Any) -> Any:
         # Lightning clips and steps right after the closure's backward: reduce expert grads in between.

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from moelight.errors import ConfigError
 from moelight.model.build import build_model
 from moelight.model.init_from import load_init_weights
+from moelight.model.meta_params import parameters_on_meta
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe, validate_recipe
 from moelight.training.metrics import dispatch_metrics, routing_metrics
@@ -45,15 +46,21 @@ class MoELanguageModel(L.LightningModule):
         self.model = None
         self.val_loss = MeanMetric()
         self._t_last: float | None = None
+        self.grad_norm: torch.Tensor | None = None  # before clipping, set by configure_gradient_clipping
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
         # An expert-parallel strategy exposes where this rank sits; otherwise one device holds all.
         ep = getattr(self.trainer.strategy, "ep_context", None) if self._trainer else None
-        self.model = build_model(self.recipe, ep or ExpertParallelContext())
-        if self.recipe.model.init_from:
-            load_init_weights(self.model, self.recipe.model.init_from)
+        if not self.recipe.model.init_from:
+            self.model = build_model(self.recipe, ep or ExpertParallelContext())
+            return
+        # Weights to be loaded need no initial values: no parameter memory until each is read.
+        with parameters_on_meta():
+            model = build_model(self.recipe, ep or ExpertParallelContext())
+        load_init_weights(model, self.recipe.model.init_from)
+        self.model = model  # only once loaded: teardown after a failed load moves no meta tensors
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -95,6 +102,21 @@ class MoELanguageModel(L.LightningModule):
             discard_router_step(self.model.moe_layers)
         else:
             after_optimizer_step(self.model.moe_layers)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clipping by norm is by the norm of the whole model's gradient: a distributed strategy
+        whose gradients are split over ranks (experts, FSDP shards) provides `clip_grad_norm`.
+        The norm before clipping is kept in `grad_norm` (for logging and the tests)."""
+        if not gradient_clip_val or gradient_clip_algorithm == "value":
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip = getattr(self.trainer.strategy, "clip_grad_norm", None)
+        if clip is not None:
+            self.grad_norm = clip(optimizer, float(gradient_clip_val))
+        else:
+            params = list(self.trainer.precision_plugin.main_params(optimizer))
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         if not step_skipped(self.trainer):  # the schedule counts updates taken

@@ -29,6 +29,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.distributed.tensor import DTensor
 
 from moelight.errors import TrainingStopped
 from moelight.training.rank_agreement import any_rank
@@ -45,7 +46,9 @@ def _grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 def finite_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """[n] bool: whether each tensor's norm is finite (one fused kernel, no host sync); a norm
-    that overflows means values no forward pass survives either."""
+    that overflows means values no forward pass survives either. A DTensor (FSDP) is checked on
+    this rank's shard: callers combine the ranks' verdicts."""
+    tensors = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
     norms = torch._foreach_norm(tensors)
     return torch.isfinite(torch.stack([n.float() for n in norms]))
 

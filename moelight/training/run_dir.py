@@ -235,6 +235,6 @@ def prepare_run(recipe: Recipe, resume: str | None = None, overwrite: bool = Fal
     check_same_run(recipe, path, step)
     if is_first_process():
         check_writable(recipe)
-    if path.is_dir() and recipe.parallel.expert_parallel == 1:
+    if path.is_dir() and recipe.parallel.expert_parallel == 1 and not recipe.parallel.fsdp:
         return str(consolidated_file(path))  # Lightning loads ordinary files: gather the shards once
     return str(path)

@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from moelight.checkpoint.files import AtomicCheckpointIO
 from moelight.errors import MoelightError
 from moelight.parallel.collective_timeout import strategy_with_timeout
+from moelight.parallel.fsdp_strategy import FSDPExpertParallelStrategy
 from moelight.parallel.liveness import RankRegistry
 from moelight.parallel.strategy import ExpertParallelStrategy
 from moelight.recipe import Recipe
@@ -88,10 +89,18 @@ def build_loggers(recipe: Recipe) -> list:
 
 
 def strategy_spec(recipe: Recipe) -> tuple[type, dict[str, Any]] | str:
-    """`parallel.expert_parallel` > 1 selects the expert_parallel strategy with that P.
+    """`parallel.fsdp` selects fsdp_expert_parallel (FSDP2 x EP, any P); otherwise
+    `parallel.expert_parallel` > 1 selects the expert_parallel strategy (DDP x EP) with that P.
     (Its collective timeout is added where the strategy is built: collective_timeout.py.)"""
-    if recipe.parallel.expert_parallel > 1:
-        return ExpertParallelStrategy, {"expert_parallel": recipe.parallel.expert_parallel}
+    p = recipe.parallel
+    if p.fsdp:
+        return FSDPExpertParallelStrategy, {
+            "expert_parallel": p.expert_parallel,
+            "param_dtype": p.param_dtype,
+            "cpu_offload": p.cpu_offload,
+        }
+    if p.expert_parallel > 1:
+        return ExpertParallelStrategy, {"expert_parallel": p.expert_parallel}
     return "auto"
 
 
@@ -110,7 +119,7 @@ def build_strategy(recipe: Recipe):
 
 
 def check_expert_parallel(recipe: Recipe) -> None:
-    if recipe.parallel.expert_parallel > 1:
+    if recipe.parallel.expert_parallel > 1 or recipe.parallel.fsdp:
         check_expert_parallel_recipe(recipe)  # before launch: one clean error, not one per rank
 
 

@@ -95,6 +95,8 @@ def megablocks_expert_ids(placement: torch.Tensor, num_devices: int) -> torch.Te
 class MegaBlocksDispatcher(Dispatcher):
     """MegaBlocks' dropless MoE on moelight's routing and expert weights (CUDA, bf16)."""
 
+    fsdp_compatible = False  # MegaBlocks' layers hold parameters of their own; not tried under FSDP2
+
     class Params(PluginParams):
         mlp_impl: Literal["grouped", "sparse"] = Field(
             "grouped",
