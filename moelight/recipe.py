@@ -196,6 +196,10 @@ class TrainerConfig(Section):
     )
     progress_bar: bool = Field(True, description="rich progress bar (Lightning's enable_progress_bar)")
     checkpoint_every_n_steps: int = Field(100, gt=0, description="save a checkpoint every n steps")
+    plots: bool = Field(
+        True,
+        description="at the end, draw loss, tokens/s, load balance and devices per token in out_dir/plots/",
+    )
     compile: bool = False
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a non-finite loss or gradient norm: stop (exit 3), or skip that optimizer step"
@@ -248,6 +252,23 @@ class ProfileConfig(Section):
     )
 
 
+def spelled_out(params: BaseModel) -> dict[str, Any]:
+    """A plugin's parameters with every default that applies written out: the fields given, plus
+    each default the plugin's own validation accepts as given (a plugin may refuse a parameter
+    of another mode being set, e.g. balanced's `method: bias` parameters under `noisy_cv`)."""
+    values = params.model_dump(mode="json")
+    out = {k: values[k] for k in params.model_fields_set}
+    for name in type(params).model_fields:
+        if name in out:
+            continue
+        try:
+            type(params).model_validate({**out, name: values[name]})
+        except ValidationError:
+            continue  # does not apply with these settings
+        out[name] = values[name]
+    return {name: out[name] for name in type(params).model_fields if name in out}
+
+
 def _default_router() -> dict[str, Any]:
     return {"name": "topk"}
 
@@ -283,8 +304,17 @@ class Recipe(Section):
     def dispatcher_params(self):
         return dispatchers.params(self.dispatcher, "dispatcher")[1]
 
+    def full_dump(self) -> dict[str, Any]:
+        """`model_dump(mode="json")` with the router's and dispatcher's parameters spelled out
+        (the plugins' defaults included), so that a saved recipe reads back as the same run even
+        when the file named only `name:`."""
+        data = self.model_dump(mode="json")
+        for section, params in (("router", self.router_params()), ("dispatcher", self.dispatcher_params())):
+            data[section] = {"name": data[section]["name"], **spelled_out(params)}
+        return data
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.full_dump(), sort_keys=False)
 
 
 # ---- loading -------------------------------------------------------------------------

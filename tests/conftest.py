@@ -45,6 +45,7 @@ TINY = [
     "trainer.limit_val_batches=2",
     "trainer.checkpoint_every_n_steps=2",
     "trainer.progress_bar=false",
+    "trainer.plots=false",  # matplotlib at the end of every test run: tests/test_run_logs.py draws them
 ]
 
 

@@ -45,7 +45,7 @@ BROKEN_ROUTERS = {
     "a vector aux loss": (replace(aux_losses=lambda r: {"lb": torch.ones(2)}), "scalar"),
     "no gradient path": (
         replace(weights=lambda r: r.weights.detach(), aux_losses=lambda r: {}),
-        "neither the weights nor the aux losses",
+        "the combine weights carry no gradient to gate.weight",
     ),
     "random eval weights": (
         replace(weights=lambda r: r.weights + torch.rand(()).item()),
@@ -62,14 +62,22 @@ def test_check_router_rejects(case):
         check_router(router_that(mutate))
 
 
+def test_check_router_rejects_no_gradient_path_even_when_detached_weights_are_allowed():
+    mutate = replace(weights=lambda r: r.weights.detach(), aux_losses=lambda r: {})
+    with pytest.raises(AssertionError, match="neither the weights nor the aux losses"):
+        check_router(router_that(mutate), allow_detached_weights=True)
+
+
 def test_check_router_rejects_an_untrained_parameter_and_a_buffer_changed_in_eval():
     class Unused(TopKRouter):
         def __init__(self, params, ctx):
             super().__init__(params, ctx)
             self.scale = torch.nn.Parameter(torch.ones(()))
 
-    with pytest.raises(AssertionError, match="no gradient reaches scale"):
+    with pytest.raises(AssertionError, match="carry no gradient to scale"):
         check_router(Unused)
+    with pytest.raises(AssertionError, match="no gradient reaches scale"):  # nor do the aux losses
+        check_router(Unused, allow_detached_weights=True)
 
     class Counting(TopKRouter):
         def __init__(self, params, ctx):

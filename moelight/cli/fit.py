@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,24 +23,41 @@ from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.outside_loop_signals import Interrupted, held, late_signal, signals_outside_training
 from moelight.training.run_dir import prepare_run
+from moelight.training.run_record import RunRecord
 from moelight.training.signals import exit_code, stop_signal
-from moelight.training.trainer import checkpoint_dir
+from moelight.training.threads import choose_threads
 
 console = Console()
 
 
-def report_model(recipe: Recipe) -> None:
+def model_header(recipe: Recipe) -> str:
+    """The one-line model header, with global counts (all experts, whatever the expert-parallel
+    size). Building the model on the meta device validates every plugin against the model."""
     contexts = layer_contexts(recipe)  # reads profile and placement files, so outside the meta block
     with torch.device("meta"):  # builds every plugin (validating it) without allocating weights
         model = build_model(recipe, contexts=contexts)
     counts = count_parameters(model, recipe)
-    console.print(
+    return (
         f"[bold]model[/]: {counts['total'] / 1e6:.2f}M parameters "
         f"({counts['active'] / 1e6:.2f}M active per token; experts {counts['experts'] / 1e6:.2f}M), "
         f"{recipe.model.num_experts} experts top-{recipe.model.top_k}, router [cyan]{recipe.router['name']}[/], "
         f"dispatcher [cyan]{recipe.dispatcher['name']}[/], "
         f"{flops_per_token(model, recipe) / 1e6:.1f} MFLOP/token (train)"
     )
+
+
+def print_summary(trainer, recipe: Recipe, wall: float) -> None:
+    """The run's summary (RunRecord's: best/last val loss, mean tokens/s), with the fit's wall time."""
+    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    if record is None or record.summary is None:
+        console.print(f"[bold green]done[/]: {trainer.global_step} steps in {wall:.1f}s")
+        return
+    lines = replace(record.summary, wall_s=wall).lines("[bold green]done[/]")
+    plots = Path(recipe.trainer.out_dir) / "plots"
+    if plots.is_dir():
+        lines.append(f"  plots: {plots}/ (moelight report {recipe.trainer.out_dir})")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def run(argv: list[str]) -> int:
@@ -55,17 +73,20 @@ def _run(argv: list[str]) -> int:
     args = split_fit_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     try:
-        cli = MoelightCLI(recipe, args.lightning, build=not args.print_recipe)
-    except SystemExit as exc:  # --help and --print_config print, then exit
+        cli = MoelightCLI(recipe, args.lightning, build=False, overrides=args.overrides)
+    except SystemExit as exc:  # --print_config prints, then exits
         return int(exc.code or 0)
     if args.print_recipe:
         print(cli.recipe.to_yaml())
         return 0
+    header = model_header(cli.recipe)  # the recipe's errors come before the run directory's
     # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
     # it refuses a mismatching resume before anything in the run directory is written.
     with held():  # may move an earlier run aside: never half done
         ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
-    return fit_cli(cli, ckpt_path)
+    threads = choose_threads()  # CPU runs on a busy machine: the idle cores (threads.py)
+    cli.build_classes()
+    return fit_cli(cli, ckpt_path, f"{header}, {threads} CPU thread{'s' * (threads > 1)}")
 
 
 def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:
@@ -73,11 +94,13 @@ def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | 
     return fit_cli(MoelightCLI(recipe, list(trainer_args or [])), ckpt_path)
 
 
-def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None) -> int:
+def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None, header: str | None = None) -> int:
     recipe, trainer = cli.recipe, cli.trainer
     # An existing checkpoint directory is expected here: `run` already refused a silent overwrite.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    report_model(recipe)
+    header = header or model_header(recipe)
+    if trainer.is_global_zero:  # one header per job, not one per rank
+        console.print(header, soft_wrap=True)  # one line, also in a log file
     Path(recipe.trainer.out_dir).mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         with held():
@@ -102,12 +125,7 @@ def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None) -> int:
         )
         return exit_code(stopped_by)
     if trainer.is_global_zero:
-        val = trainer.callback_metrics.get("val/loss")
-        val_text = f"val loss {float(val):.4f}, " if val is not None else ""
-        console.print(
-            f"[bold green]done[/]: {trainer.global_step} steps in {wall:.1f}s, {val_text}"
-            f"checkpoints in {checkpoint_dir(recipe)}"
-        )
+        print_summary(trainer, recipe, wall)
     late = late_signal(trainer)
     if late is not None:  # the run completed; the exit status still says it was asked to stop
         if trainer.is_global_zero:

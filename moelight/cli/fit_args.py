@@ -2,7 +2,8 @@
 
 - `RECIPE.yaml` (the first bare word) and `a.b=value` / `--a.b value` for recipe keys are recipe
   overrides (YAML scalars, validated by pydantic with the recipe);
-- `--resume`, `--overwrite`, `--print-recipe` are moelight's;
+- `--resume`, `--overwrite`, `--print-recipe` are moelight's; `--help-trainer` is LightningCLI's
+  `--help` (every Trainer argument; moelight's own `--help` is cli/fit_help.py);
 - everything else (`--trainer.<any Trainer argument>`, `--config`, `--print_config`, `--help`) goes,
   in order, to LightningCLI's parser. `trainer.x=value` for a Trainer argument that is not a recipe
   field goes there too, as `--trainer.x=value`.
@@ -64,6 +65,8 @@ def split_fit_args(argv: list[str]) -> FitArgs:
                 raise MoelightError(f"{name} needs a value")
             out.resume = inline if eq else argv[i + 1]
             i += 1 if not eq else 0
+        elif name == "--help-trainer":  # LightningCLI's full help (`--help` is fit_help.py's)
+            out.lightning.append("--help")
         elif name in BOOL_FLAGS:
             setattr(out, name[2:].replace("-", "_"), True)
         elif arg.startswith("-"):

@@ -27,6 +27,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from moelight.cli.held_logs import lightning_info_held
 from moelight.cli.parse_errors import parser_error_line
 from moelight.cli.trainer_errors import trainer_errors
 from moelight.cli.verb_parser import HelpFormatter
@@ -35,7 +36,7 @@ from moelight.errors import MoelightError
 from moelight.parallel.collective_timeout import set_config_timeout, strategy_with_timeout
 from moelight.parallel.fsdp_strategy import FSDPExpertParallelStrategy
 from moelight.parallel.strategy import ExpertParallelStrategy
-from moelight.recipe import Recipe, validate_recipe
+from moelight.recipe import Recipe, merge, parse_overrides, validate_recipe
 from moelight.training.module import MoELanguageModel, check_vocab
 from moelight.training.trainer import (
     ALIASES,
@@ -73,12 +74,82 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def config_files_first(args: list[str]) -> tuple[list[str], str | None]:
+    """`args` with `--config FILE` items first (in their order) and `--print_config[=FLAGS]` taken
+    out; returns (args, its flags or None when absent)."""
+    configs: list[str] = []
+    rest: list[str] = []
+    print_flags = None
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name == "--config":
+            taken = [args[i]] if eq else args[i : i + 2]
+            configs += taken
+            i += len(taken)
+            continue
+        if name == "--print_config":
+            print_flags = value
+        else:
+            rest.append(args[i])
+        i += 1
+    return configs + rest, print_flags
+
+
+PRINT_FLAGS = {"skip_null": "skip_unset", "skip_unset": "skip_unset", "skip_default": "skip_default"}
+
+
+def print_config_options(flags: str) -> dict[str, bool]:
+    """`--print_config[=skip_unset,skip_default]` as `parser.dump` options (jsonargparse's flags)."""
+    options = {"skip_unset": False}
+    for flag in filter(None, flags.split(",")):
+        if flag not in PRINT_FLAGS:
+            raise MoelightError(f"--print_config: unknown flag {flag!r}; allowed: skip_unset, skip_default")
+        options[PRINT_FLAGS[flag]] = True
+    return options
+
+
+# The parser keys a recipe key sets, where they differ from the recipe key itself.
+CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    **{f"{section}.{name}": (f"trainer.{arg}",) for arg, (section, name) in ALIASES.items()},
+    "trainer.logger": ("trainer.logger",),
+    "parallel.expert_parallel": ("trainer.strategy",),
+}
+
+
+def config_values(recipe: Recipe) -> dict[str, Any]:
+    """The parser values a recipe gives (the defaults `add_core_arguments_to_parser` sets)."""
+    values = {f"trainer.{k}": v for k, v in trainer_arguments(recipe).items()}
+    values["trainer.logger"] = [
+        {"class_path": class_path(c), "init_args": kw} for c, kw in logger_specs(recipe)
+    ] or False
+    spec = strategy_spec(recipe)
+    values["trainer.strategy"] = (
+        spec if isinstance(spec, str) else {"class_path": class_path(spec[0]), "init_args": spec[1]}
+    )
+    for name in TRAINER_ONLY_RECIPE:
+        values[f"trainer.{name}"] = getattr(recipe.trainer, name)
+    for section in SECTIONS:
+        model = getattr(recipe, section)
+        for name in type(model).model_fields:
+            if (section, name) not in ALIASED:
+                values[f"{section}.{name}"] = getattr(model, name)
+    for name in WHOLE:
+        values[name] = getattr(recipe, name)
+    return values
+
+
 class MoelightCLI(LightningCLI):
     """Parses Lightning's arguments over a loaded recipe; `build=False` stops after the recipe."""
 
-    def __init__(self, recipe: Recipe, args: list[str], build: bool = True):
+    def __init__(
+        self, recipe: Recipe, args: list[str], build: bool = True, overrides: list[str] | None = None
+    ):
+        """`recipe`: the recipe file with `overrides` applied (the parser's defaults); `overrides`
+        are applied again over the parsed `--config` files, so that the command line beats them."""
         self.recipe = recipe
         self.build = build
+        self.overrides = list(overrides or [])
         self.model: L.LightningModule | None = None
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         super().__init__(
@@ -106,18 +177,9 @@ class MoelightCLI(LightningCLI):
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         recipe = self.recipe
-        defaults = {f"trainer.{k}": v for k, v in trainer_arguments(recipe).items()}
-        loggers = [{"class_path": class_path(c), "init_args": kw} for c, kw in logger_specs(recipe)]
-        defaults["trainer.logger"] = loggers or False
-        spec = strategy_spec(recipe)
-        strategy = (
-            spec if isinstance(spec, str) else {"class_path": class_path(spec[0]), "init_args": spec[1]}
-        )
-        defaults["trainer.strategy"] = strategy
         for name in TRAINER_ONLY_RECIPE:
             field = type(recipe.trainer).model_fields[name]
             parser.add_argument(f"--trainer.{name}", type=field.annotation, help=field.description)
-            defaults[f"trainer.{name}"] = getattr(recipe.trainer, name)
         for section in SECTIONS:
             group = parser.add_argument_group(f"recipe: {section}")
             model = getattr(recipe, section)
@@ -125,7 +187,6 @@ class MoelightCLI(LightningCLI):
                 if (section, name) in ALIASED:
                     continue
                 group.add_argument(f"--{section}.{name}", type=field.annotation, help=field.description)
-                defaults[f"{section}.{name}"] = getattr(model, name)
         group = parser.add_argument_group("recipe: plugins and seed")
         for name in WHOLE:
             field = Recipe.model_fields[name]
@@ -135,14 +196,37 @@ class MoelightCLI(LightningCLI):
                 else None
             )
             group.add_argument(f"--{name}", type=field.annotation, help=help_)
-            defaults[name] = getattr(recipe, name)
+        defaults = config_values(recipe)
         parser.set_defaults(defaults)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # The command line beats --config files whatever the order: the files are parsed first,
+        # then the flags, then the recipe overrides are put back; --print_config prints the result.
+        args, print_flags = config_files_first(list(args))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             raise MoelightError(parser_error_line(str(err))) from None
+        if self.overrides:
+            self.apply_overrides()
+        if print_flags is not None:
+            print(parser.dump(self.config, **print_config_options(print_flags)), end="")
+            raise SystemExit(0)
+
+    def apply_overrides(self) -> None:
+        """Set the values the recipe overrides name (after --config files changed the parsed ones)."""
+        tree = parse_overrides(self.overrides)
+        parsed = self.recipe_from_config()
+        final = validate_recipe(merge(parsed.model_dump(mode="json", exclude_unset=True), tree))
+        values = config_values(final)
+        for section, names in tree.items():
+            keys = [section] if section in WHOLE or not isinstance(names, dict) else []
+            keys += [f"{section}.{name}" for name in (names if isinstance(names, dict) else ())]
+            for key in keys:
+                for config_key in CONFIG_KEYS.get(key, (key,)):
+                    if config_key in values:
+                        self.config[config_key] = values[config_key]
+        self.recipe = final
 
     # ---- recipe and classes -------------------------------------------------------------------
 
@@ -172,8 +256,17 @@ class MoelightCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         self.recipe = self.recipe_from_config()
-        if not self.build:
-            return
+        if self.build:
+            self.build_classes()
+
+    def build_classes(self) -> None:
+        """The Trainer, data module and model (`build=False` leaves this to the caller, which checks
+        the recipe and the run directory first). Lightning's "GPU available" lines are printed
+        only once everything is built, so an error is the first thing a user reads."""
+        with lightning_info_held():
+            self._build_classes()
+
+    def _build_classes(self) -> None:
         with trainer_errors():
             # `instantiate` since jsonargparse 4.49 (instantiate_classes is deprecated there).
             instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes

@@ -1,4 +1,4 @@
-"""`moelight <verb>`: fit, plugins, profile, bench, convert, eval, generate, chat."""
+"""`moelight <verb>`: fit, plugins, profile, bench, convert, eval, generate, chat, report."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ VERBS = {
     "eval": ("moelight.cli.eval", "lm-evaluation-harness tasks on checkpoints, with their own routing"),
     "generate": ("moelight.cli.generate", "continue a prompt with a checkpoint, routed as trained"),
     "chat": ("moelight.cli.chat", "talk to a checkpoint with its recipe's prompt template"),
+    "report": ("moelight.cli.report", "summaries and side-by-side curves of training runs"),
 }
 
 err_console = Console(stderr=True)
@@ -54,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     try:
-        module = importlib.import_module(VERBS[verb][0])
+        # `fit --help` reads the recipe without importing Lightning (fit_help.py)
+        name = "moelight.cli.fit_help" if verb == "fit" and {"-h", "--help"} & set(rest) else VERBS[verb][0]
+        module = importlib.import_module(name)
         code = module.run(rest)
     except MoelightError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

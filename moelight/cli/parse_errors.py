@@ -7,8 +7,27 @@ import re
 MOELIGHT_OPTIONS = "--resume, --overwrite, --print-recipe, --config, --print_config, --help"
 
 
+def missing_package_line(text: str) -> str | None:
+    """`X needs the package P: pip install P` when a class named on the command line (a logger,
+    a profiler, ...) cannot be used because an optional package is missing; else None."""
+    text = " ".join(text.split())
+    need = re.search(r"Requirement '([^']+)' not met", text)
+    module = re.search(r"No module named '([\w.]+)'", text)
+    if need is None and module is None:
+        return None
+    package = need.group(1) if need else module.group(1).split(".")[0]
+    pip = re.search(r"`(pip install [^`]+)`", text)
+    command = pip.group(1) if pip else f"pip install '{package}'"
+    cls = re.search(r"class_path '([\w.]+)'", text)
+    what = cls.group(1).rsplit(".", 1)[-1] if cls else "this option"
+    return f"{what} needs the package {package}, which is not installed: {command}"
+
+
 def parser_error_line(text: str) -> str:
     """One line out of a jsonargparse ArgumentError's (often multi-line) message (`moelight fit`)."""
+    missing = missing_package_line(text)
+    if missing:
+        return missing
     if text.startswith("unrecognized arguments:"):
         first = text.split(":", 1)[1].split()[0]
         name = first.split("=")[0]

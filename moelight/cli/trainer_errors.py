@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import StrategyRegistry
 
+from moelight.cli.parse_errors import missing_package_line
 from moelight.errors import MoelightError
 
 
@@ -22,6 +23,9 @@ def trainer_errors() -> Iterator[None]:
         raise
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
         message = " ".join(str(exc).split())
+        missing = missing_package_line(message)
+        if missing:
+            raise MoelightError(f"trainer: {missing}") from None
         if "invalid strategy name" in message:
             name = re.search(r"strategy=(\S+?)`", message)
             names = ", ".join(StrategyRegistry.available_strategies())

@@ -42,6 +42,7 @@ def check_router(
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16),
     device: str | torch.device = "cpu",
     seed: int = 0,
+    allow_detached_weights: bool = False,
 ) -> None:
     """Raise AssertionError unless `router` keeps the router contract.
 
@@ -52,6 +53,11 @@ def check_router(
     finite logits [T, E], aux_losses named finite scalars; in training, a gradient reaches every
     trainable parameter from the weights and aux losses, logged scalars are finite scalars and
     the step hooks run; in eval, two forwards agree and change no buffer.
+
+    The combine weights alone (aux losses off) must carry a gradient to every trainable
+    parameter: a router whose weights are detached from its gate trains the gate only through
+    its aux losses, which is almost always a bug. `allow_detached_weights=True` accepts such a
+    router (one that means it, e.g. a gate trained by a balancing loss alone).
     """
     if isinstance(router, Router):
         require(params is None, "pass params only with a router class or name, not with an instance")
@@ -63,7 +69,7 @@ def check_router(
     for dtype in dtypes:
         model = copy.deepcopy(built).to(device, dtype)
         x = torch.randn(tokens, model.ctx.hidden_size, generator=gen).to(device, dtype)
-        _check_training(model, x, gen, f"train, {dtype}")
+        _check_training(model, x, gen, f"train, {dtype}", allow_detached_weights)
         _check_eval(model, x, f"eval, {dtype}")
         _check_eval(model, x[:1], f"eval, one token, {dtype}")
 
@@ -104,7 +110,9 @@ def check_routing(routing: Routing, tokens: int, ctx: LayerContext, where: str =
         require(bool(torch.isfinite(value)), f"aux loss {name!r} is not finite{at}")
 
 
-def _check_training(model: Router, x: torch.Tensor, gen: torch.Generator, where: str) -> None:
+def _check_training(
+    model: Router, x: torch.Tensor, gen: torch.Generator, where: str, allow_detached_weights: bool
+) -> None:
     model.train()
     model.begin_step(7)
     require(model.step == 7, f"begin_step must record the step: call super().begin_step ({where})")
@@ -112,9 +120,11 @@ def _check_training(model: Router, x: torch.Tensor, gen: torch.Generator, where:
     routing = model(x)
     check_routing(routing, x.shape[0], model.ctx, where)
     probe = torch.randn(routing.weights.shape, generator=gen).to(x.device)
-    loss = (routing.weights * probe).sum() + sum(routing.aux_losses.values())
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     require(bool(trainable), f"the router has no trainable parameter ({where})")
+    if not allow_detached_weights:
+        _check_weights_reach_parameters(routing.weights * probe, trainable, where)
+    loss = (routing.weights * probe).sum() + sum(routing.aux_losses.values())
     require(
         loss.requires_grad,
         f"neither the weights nor the aux losses depend on the router's parameters ({where})",
@@ -133,6 +143,26 @@ def _check_training(model: Router, x: torch.Tensor, gen: torch.Generator, where:
         require(torch.as_tensor(value).numel() == 1, f"logged {name!r} must be a scalar ({where})")
         require(bool(torch.isfinite(torch.as_tensor(value))), f"logged {name!r} is not finite ({where})")
     model.after_optimizer_step()
+
+
+def _check_weights_reach_parameters(
+    weighted: torch.Tensor, trainable: dict[str, torch.nn.Parameter], where: str
+) -> None:
+    """The language-model loss reaches the router only through the combine weights: each trainable
+    parameter must get a gradient from them alone (aux losses off)."""
+    if weighted.requires_grad:
+        grads = torch.autograd.grad(
+            weighted.sum(), list(trainable.values()), allow_unused=True, retain_graph=True
+        )
+    else:
+        grads = [None] * len(trainable)
+    detached = [n for n, g in zip(trainable, grads) if g is None]
+    require(
+        not detached,
+        f"the combine weights carry no gradient to {', '.join(detached)} (aux losses off), so the "
+        "language-model loss never trains it; compute the weights from the parameters without "
+        f"detaching, or pass allow_detached_weights=True if the router means it ({where})",
+    )
 
 
 def _check_eval(model: Router, x: torch.Tensor, where: str) -> None:

@@ -24,6 +24,7 @@ from moelight.training.router_hooks import (
     discard_router_step,
     router_scalars,
 )
+from moelight.training.throughput import ThroughputWindow
 
 
 def check_vocab(recipe: Recipe, tokenizer_vocab: int) -> None:
@@ -46,6 +47,7 @@ class MoELanguageModel(L.LightningModule):
         self.model = None
         self.val_loss = MeanMetric()
         self._t_last: float | None = None
+        self.throughput = ThroughputWindow()
         self.grad_norm: torch.Tensor | None = None  # before clipping, set by configure_gradient_clipping
 
     def configure_model(self) -> None:
@@ -63,6 +65,7 @@ class MoELanguageModel(L.LightningModule):
         self.model = model  # only once loaded: teardown after a failed load moves no meta tensors
 
     def setup(self, stage: str) -> None:
+        self.throughput = ThroughputWindow(self.trainer.log_every_n_steps)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "vocab_size"):
             check_vocab(self.recipe, datamodule.vocab_size)
@@ -86,9 +89,9 @@ class MoELanguageModel(L.LightningModule):
                 self.log(f"aux/{name}/l{layer.ctx.layer_index}", value.detach())
         self.log_dict(router_scalars(self.model.moe_layers))
         now = time.perf_counter()
-        if self._t_last is not None:
-            tokens = batch[0].numel() * self.trainer.world_size
-            self.log("tokens_per_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True)
+        if self._t_last is not None:  # the time since the previous step: forward, backward, update
+            self.throughput.add(batch[0].numel() * self.trainer.world_size, now - self._t_last)
+            self.log("tokens_per_s", self.throughput.rate(), prog_bar=True)  # over the last steps
         self._t_last = now
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
             metrics = routing_metrics(self.model.moe_layers) | dispatch_metrics(self.model.moe_layers)

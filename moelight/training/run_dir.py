@@ -126,11 +126,13 @@ def _flatten(node: Any, prefix: str) -> dict[str, Any]:
 
 def differing_fields(recipe: Recipe, saved: dict[str, Any]) -> list[str]:
     """`field (checkpoint X, now Y)` for every must-match field that differs."""
-    try:  # the saved recipe with today's defaults, so that new optional fields do not count
-        saved = validate_recipe(saved).model_dump(mode="json")
+    # Both sides with today's defaults, the plugins' parameters included, so that new optional
+    # fields and a section that named only its plugin (`router: {name: topk}`) do not count.
+    try:
+        saved = validate_recipe(saved).full_dump()
     except MoelightError:
         pass  # its plugins are gone or its fields changed: compare the raw values
-    now = recipe.model_dump(mode="json")
+    now = recipe.full_dump()
     out = []
     for section in MUST_MATCH:
         old, new = _flatten(saved.get(section, {}), section), _flatten(now[section], section)

@@ -9,6 +9,7 @@ can be set there too; `build_trainer` is the same Trainer for Python scripts and
 from __future__ import annotations
 
 import importlib.util
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ from moelight.recipe import Recipe
 from moelight.training.epochs import EpochBudget
 from moelight.training.nonfinite import NonFiniteGuard
 from moelight.training.outside_loop_signals import TrainingStarted
+from moelight.training.plain_progress import PlainProgress
 from moelight.training.progress import StepProgressBar
+from moelight.training.run_record import RunRecord
 from moelight.training.save_last import SaveLast
 from moelight.training.signals import PreemptionGuard
 from moelight.training.validate_ep import check_expert_parallel_recipe
@@ -67,6 +70,10 @@ def trainer_arguments(recipe: Recipe) -> dict[str, Any]:
     kwargs.update(check_val_every_n_epoch=None, num_sanity_val_steps=0)
     if not recipe.data.has_validation:
         kwargs["limit_val_batches"] = 0  # data.val_fraction: 0 without data.val_source: no validation
+    # `moelight fit` prints its own header (global parameter counts, FLOPs per token); Lightning's
+    # summary would add rank-local counts and "Total FLOPs: 0". --trainer.enable_model_summary true
+    # brings it back.
+    kwargs["enable_model_summary"] = False
     return kwargs
 
 
@@ -136,8 +143,9 @@ def moelight_callbacks(
         TrainingStarted(),  # after PreemptionGuard: from here on it handles the signals
         RankRegistry(t.out_dir),
     ]
-    if progress_bar:
-        callbacks.append(StepProgressBar())
+    if progress_bar:  # a live bar on a terminal; plain lines that survive a log file otherwise
+        callbacks.append(StepProgressBar() if sys.stdout.isatty() else PlainProgress())
+    callbacks.append(RunRecord(t.out_dir, checkpoint_dir(recipe), plots=t.plots))  # history, summary, plots/
     if has_loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if not checkpointing:  # Trainer(enable_checkpointing=False) refuses checkpoint callbacks
