@@ -42,6 +42,7 @@ TINY_FIT = [
     "trainer.limit_val_batches=2",
     "trainer.checkpoint_every_n_steps=2",
     "trainer.progress_bar=false",
+    "trainer.plots=false",  # matplotlib at the end of every run; tests/test_run_logs.py covers the plots
 ]
 TINY = {
     ("moelight", "fit"): TINY_FIT,
