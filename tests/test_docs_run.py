@@ -8,7 +8,7 @@ How (tests/doc_commands.py has the extraction rules and the skip marker):
 - The commands are run as typed. What makes them cheap is added where a user's terminal has
   `moelight`: a `moelight` (and `moelight-lm-eval`) first on PATH that runs the real CLI with
   the arguments of TINY appended for its verb: a small model and a few steps for `fit` (later
-  overrides win, so `trainer.max_steps=50` in a doc becomes 4), a few documents per task for
+  overrides win, so `trainer.max_steps=50` in a doc becomes 4; a `--resume` continues to 8), a few documents per task for
   `eval`, a few tokens for `generate`. Model depth and expert counts stay as written, so shipped profiles still fit.
 - Blocks marked `<!-- docs-test: skip (reason) -->` are not run; the test reports each one
   (a DocsBlockSkipped warning in pytest's summary, and a line on stdout).
@@ -73,7 +73,11 @@ class DocsBlockSkipped(UserWarning):
 
 def tiny_argv(program: str, argv: list[str]) -> list[str]:
     verb = argv[0] if argv and program == "moelight" else None
-    return argv + TINY.get((program, verb), [])
+    extra = TINY.get((program, verb), [])
+    if verb == "fit" and any(a == "--resume" or a.startswith("--resume=") for a in argv):
+        # A resume continues a tiny run (4 steps) for 4 more, whatever max_steps the doc gives.
+        extra = [*extra, "trainer.max_steps=8"]
+    return argv + extra
 
 
 def checkout_like(tmp: Path) -> Path:
@@ -214,3 +218,5 @@ def test_tiny_arguments_go_after_the_doc_command():
     assert out[: len(argv)] == argv and "trainer.max_steps=4" in out[len(argv) :]
     assert tiny_argv("moelight", ["profile", "x"]) == ["profile", "x"]
     assert tiny_argv("moelight-lm-eval", ["--model", "moelight"])[-2:] == ["--limit", "2"]
+    resumed = tiny_argv("moelight", ["fit", "r.yaml", "--resume", "last", "trainer.max_steps=400"])
+    assert resumed[-1] == "trainer.max_steps=8"  # later wins: 4 more tiny steps
