@@ -23,6 +23,7 @@ from moelight.moe.expert_bias import (
 from moelight.moe.experts import ExpertWeights
 from moelight.moe.gate_network import GateNetwork, GateNoise, build_gate
 from moelight.moe.layer_context import LayerContext
+from moelight.moe.recompute import recomputing
 from moelight.moe.router_losses import (
     LoadMembership,
     Score,
@@ -81,6 +82,7 @@ __all__ = [
     "launch_all_to_all",
     "load_balancing_loss",
     "record_expert_load",
+    "recomputing",
     "register_expert_bias",
     "router_scores",
     "routers",

@@ -39,3 +39,9 @@ def validation_message(err, prefix: str = "") -> str:
             msg += f" (got {e['input']!r})"
         lines.append(f"{path}: {msg}" if path else msg)
     return "\n".join(lines)
+
+
+def first_names(names: list[str], n: int = 5) -> str:
+    """The first `n` of `names` for a message, with how many more there are."""
+    more = f" (and {len(names) - n} more)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more

@@ -208,6 +208,20 @@ class TrainerConfig(Section):
     check_routing_values: bool = Field(
         True, description="check router outputs' values (id range, finite weights, duplicates) every step"
     )
+    activation_checkpointing: Literal["none", "full", "moe", "attention"] = Field(
+        "none",
+        description="recompute in backward instead of keeping activations, per transformer block: "
+        "full (the block), moe (norm + MoE FFN), attention (norm + attention)",
+    )
+    loss_chunk_tokens: int = Field(
+        1024,
+        ge=0,
+        description="cross-entropy over chunks of this many tokens, so the full fp32 logits never "
+        "exist; 0 = in one piece",
+    )
+    skip_memory_check: bool = Field(
+        False, description="start even when the memory plan says the model or batch cannot fit (also --force)"
+    )
 
 
 class ParallelConfig(Section):
@@ -322,13 +336,53 @@ class Recipe(Section):
 PLUGIN_SECTIONS = {"router": routers, "dispatcher": dispatchers}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, list | dict):
+                continue  # unhashable: SafeLoader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message in one line: the problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and "(lines" in problem:  # a duplicate key: it says both lines
+        return problem
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MoelightError(f"recipe not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MoelightError(
+            f"{path}: a recipe must be UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start} is not); "
+            "is it a binary file?"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise MoelightError(f"{path}: not valid YAML: {exc}") from None
+        raise MoelightError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise MoelightError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     return data

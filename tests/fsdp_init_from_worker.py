@@ -28,8 +28,8 @@ from torch.distributed.tensor import DTensor
 sys.path.insert(0, str(Path(__file__).parent))
 from test_init_from_sharded import SMALL  # noqa: E402
 
+from moelight.load import load_init_weights  # noqa: E402
 from moelight.model.build import build_model, layer_contexts  # noqa: E402
-from moelight.model.init_from import load_init_weights  # noqa: E402
 from moelight.model.meta_params import parameters_on_meta  # noqa: E402
 from moelight.moe.dispatch import ExpertParallelContext  # noqa: E402
 from moelight.moe.experts import named_expert_parameters  # noqa: E402

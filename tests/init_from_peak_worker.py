@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from moelight.load import load_init_weights
 from moelight.model.build import build_model, layer_contexts
-from moelight.model.init_from import load_init_weights
 from moelight.model.meta_params import parameters_on_meta
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.moe.experts import named_expert_parameters

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from moelight.model.load import single_process_model
+from moelight.load import single_process_model
 from moelight.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -59,7 +59,7 @@ def test_calibration_matches_flops_per_byte_and_latency_per_flop():
 def test_shaped_link_costs_time_and_bytes_match(tmp_path):
     out = tmp_path / "ep.json"
     cmd = [sys.executable, "-m", "moelight", "bench", "ep", "--link", "none,2mbit", "--latency", "0ms",
-           "--configs", "c2r-placement", "--steps", "2", "--warmup", "1", "--json", str(out), *TINY]  # fmt: skip
+           "--configs", "c2r-placement", "--steps", "2", "--warmup", "1", "--repeats", "1", "--json", str(out), *TINY]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     links = json.loads(out.read_text())["links"]

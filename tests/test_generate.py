@@ -19,7 +19,7 @@ from moelight.generate.decoder import Decoder
 from moelight.generate.loop import generate
 from moelight.generate.sampling import Sampler, Sampling
 from moelight.generate.stop_text import StopText
-from moelight.model.load import single_process_model
+from moelight.load import single_process_model
 from moelight.recipe import load_recipe
 
 C2R_EP = [*TINY_MODEL, "parallel.expert_parallel=2", "router.collaborators=placement", "trainer.devices=2"]

@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers", reason="moelight[hf] extra no
 
 from moelight.hf.convert_dirs import import_to_dir  # noqa: E402
 from moelight.hf.tiny import TINY_VOCAB, make_tiny_checkpoint  # noqa: E402
+from moelight.load import load_init_weights  # noqa: E402
 from moelight.model.build import build_model  # noqa: E402
-from moelight.model.init_from import load_init_weights  # noqa: E402
 from moelight.recipe import load_recipe  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()

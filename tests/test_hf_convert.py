@@ -19,8 +19,8 @@ from moelight.cli.main import main  # noqa: E402
 from moelight.hf.convert_dirs import export_from_checkpoint, import_to_dir  # noqa: E402
 from moelight.hf.importer import import_hf  # noqa: E402
 from moelight.hf.tiny import TINY_VOCAB, make_tiny_checkpoint  # noqa: E402
+from moelight.load import load_init_weights  # noqa: E402
 from moelight.model.build import build_model  # noqa: E402
-from moelight.model.init_from import load_init_weights  # noqa: E402
 from moelight.recipe import load_recipe  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()

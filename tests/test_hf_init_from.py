@@ -8,8 +8,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from moelight.errors import MoelightError
+from moelight.load import load_init_weights
 from moelight.model.build import build_model, layer_contexts
-from moelight.model.init_from import load_init_weights, read_checkpoint
+from moelight.model.init_from import read_checkpoint
 from moelight.moe.experts import ExpertWeights
 from moelight.recipe import load_recipe
 

@@ -17,8 +17,8 @@ from moelight.hf.checkpoint_dir import HFCheckpoint  # noqa: E402
 from moelight.hf.importer import HFSource  # noqa: E402
 from moelight.hf.name_table import weight_map  # noqa: E402
 from moelight.hf.tiny import make_tiny_checkpoint, make_tiny_llama_moe_checkpoint  # noqa: E402
+from moelight.load import load_init_weights  # noqa: E402
 from moelight.model.build import build_model, layer_contexts  # noqa: E402
-from moelight.model.init_from import load_init_weights  # noqa: E402
 from moelight.model.meta_params import parameters_on_meta  # noqa: E402
 from moelight.moe.dispatch import ExpertParallelContext  # noqa: E402
 from moelight.moe.experts import named_expert_parameters  # noqa: E402
@@ -112,7 +112,7 @@ def test_eval_loader_reads_an_hf_directory_like_transformers(tmp_path):
     logits transformers computes from it (fp32; summation order only)."""
     import transformers
 
-    from moelight.model.load import load_checkpoint
+    from moelight.load import load_checkpoint
 
     hf_dir = make_tiny_checkpoint("qwen2_moe", tmp_path / "hf", seed=1)
     loaded = load_checkpoint(hf_dir)

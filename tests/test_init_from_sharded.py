@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from moelight.load import load_init_weights
 from moelight.model.build import build_model, layer_contexts
-from moelight.model.init_from import load_init_weights
 from moelight.model.local_parts import chunk_range
 from moelight.model.meta_params import parameters_on_meta
 from moelight.moe.dispatch import ExpertParallelContext

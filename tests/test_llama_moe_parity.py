@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from moelight.cli.main import main
 from moelight.hf.convert_dirs import export_from_checkpoint, import_to_dir
 from moelight.hf.tiny import make_tiny_llama_moe_checkpoint
+from moelight.load import load_init_weights
 from moelight.model.build import build_model
-from moelight.model.init_from import load_init_weights
 from moelight.recipe import load_recipe
 
 PAPER_LISTS = (
@@ -235,3 +235,21 @@ def test_load_aware_c2r_is_not_exported_as_llama_moe(tmp_path, capsys):
     assert main(args) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "bias_update_rate" in err and "route differently" in err
+
+
+@pytest.mark.parametrize(
+    "variant, named",
+    [({"penalty": 1.0}, "penalty"), ({"layer_top_t": [1, 2, 3, 1]}, "layer_top_t")],
+)
+def test_c2r_variants_are_not_exported_as_llama_moe(tmp_path, capsys, variant, named):
+    import yaml
+
+    import_to_dir(checkpoint(tmp_path, "mlp", 4.0, 3), tmp_path / "m")
+    recipe_path = tmp_path / "m" / "recipe.yaml"
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["router"] |= {**variant, "balance_loss_coef": 0.0}
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    args = ["convert", "export", str(tmp_path / "m"), "--out", str(tmp_path / "hf2"), "--arch", "llama_moe"]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert named in err and "route differently" in err

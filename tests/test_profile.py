@@ -19,8 +19,8 @@ from moelight.c2r.profiling import (
 )
 from moelight.cli.main import main
 from moelight.data.datamodule import MoEDataModule
+from moelight.load import load_checkpoint
 from moelight.model.build import build_model
-from moelight.model.load import load_checkpoint
 from moelight.recipe import validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ def test_shipped_profile_fits_the_c2r_recipes():
 def test_expert_parallel_recipe_is_profiled_in_one_process_with_its_routing():
     """A checkpoint trained with experts on 2 devices: all experts are built here, and the
     c2r router keeps its device-local candidates (collaborators: placement)."""
-    from moelight.model.load import single_process_model
+    from moelight.load import single_process_model
 
     recipe = tiny_recipe(name="c2r", top_t=2, collaborators="placement")
     recipe["parallel"] = {"expert_parallel": 2}  # contiguous: experts 0-2 and 3-5

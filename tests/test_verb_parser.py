@@ -149,7 +149,11 @@ def test_parse_errors_are_one_line_exit_2(capsys, argv, message):
     "argv, shown",
     [
         (["profile"], ["CHECKPOINT", "--out DIR", "--max-tokens", "--devices", "--override KEY.PATH=VALUE"]),
-        (["bench"], ["{layer,step,comm,ep}", "expert-parallel training steps"]),
+        (
+            ["bench"],
+            ["{layer,step,comm,memory,ep}", "expert-parallel training steps", "per-rank memory plan"],
+        ),
+        (["bench", "memory"], ["RECIPE.yaml", "--gpu-memory GB", "--offload", "--fsdp"]),
         (["bench", "comm"], ["--interconnect", "nvlink|infiniband", "default: 16384"]),
         (["bench", "step"], ["RECIPE.yaml", "--override KEY.PATH=VALUE", "default: 10"]),
         (["convert", "import"], ["HF_DIR", "--dtype {keep,float32,bfloat16,float16}", "--force"]),

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from moelight.bench import netns
 from moelight.bench.comm import Interconnect, grouplocal_bytes_per_layer, link_time_ms
-from moelight.bench.ep_configs import BASELINE, CONFIG_KEYS, configurations
+from moelight.bench.ep_configs import CONFIG_KEYS, configurations
 from moelight.bench.link import (
     PRESETS,
     PUBLISHED_SHARES,
@@ -49,6 +49,7 @@ from moelight.bench.link import (
 from moelight.bench.timing import interleaved, paired_speedups, quantile, summarize
 from moelight.data.datamodule import MoEDataModule
 from moelight.errors import MoelightError
+from moelight.load import load_init_weights
 from moelight.model.build import build_model, layer_contexts
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.parallel.all_to_all import COMM, all_to_all_counts
@@ -66,6 +67,8 @@ class Candidate:
     def __init__(self, recipe: Recipe, groups, ep: ExpertParallelContext, batches: list):
         torch.manual_seed(recipe.seed)  # the same initial model for every configuration
         model = build_model(recipe, ep)
+        if recipe.model.init_from:  # a trained model: its routing, not an initial one
+            load_init_weights(model, recipe.model.init_from)
         self.experts = list(expert_parameters(model).values())
         self.expert_ids = {id(p) for p in self.experts}
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -172,6 +175,19 @@ class Args:
     configs: tuple[str, ...] = CONFIG_KEYS
     burst: int = 2000
     json_path: str | None = None
+    # label -> recipe overrides, replacing the standard configurations (the first is the baseline)
+    config_overrides: dict[str, list[str]] | None = None
+    # scale the preset's rate so the reference model's all2all-to-expert-compute ratio holds for a
+    # recipe with narrower experts (`link.calibrate`'s run_flops_per_row_byte)
+    match_reference_ratio: bool = False
+
+    def configurations(self, num_experts: int) -> dict[str, list[str]]:
+        if self.config_overrides:
+            return dict(self.config_overrides)
+        return configurations(self.procs, num_experts, self.top_t, self.configs)
+
+    def baseline(self, num_experts: int) -> str:
+        return next(iter(self.configurations(num_experts)))
 
 
 def _shaped_group(store, rank: int, world: int):
@@ -216,7 +232,11 @@ def _links(args: Args, cpu_flops: float, run_layer_flops: float) -> list[Emulate
         elif name == "custom":
             out.append(custom_link(*args.custom))
         else:
-            out.append(calibrate(PRESETS[name], cpu_flops, run_layer_flops, ref))
+            run_fpb = None
+            if args.match_reference_ratio:
+                m = load_recipe(args.recipe, args.overrides).model
+                run_fpb = 6.0 * m.expert_ffn_hidden_size / 4  # fp32 rows
+            out.append(calibrate(PRESETS[name], cpu_flops, run_layer_flops, ref, run_fpb))
     return out
 
 
@@ -251,7 +271,7 @@ def worker(rank: int, port: int, args: Args, out_file: str) -> None:
     links = _links(args, cpu_flops, run_layer_flops)
 
     batches = batches_for_rank(base, world, rank, args.warmup + args.steps)
-    configs = configurations(world, m.num_experts, args.top_t, args.configs)
+    configs = args.configurations(m.num_experts)
     candidates = {
         name: Candidate(load_recipe(args.recipe, args.overrides + extra), groups, ep, batches)
         for name, extra in configs.items()
@@ -339,11 +359,14 @@ def predicted_ms(
     slots: int,
     link: EmulatedLink,
     overhead_ms: float,
+    hideable_ms: float = 0.0,
 ) -> tuple[float, float | None]:
     """`moelight bench comm`'s model on the counted rows: (bytes per rank and step, ms or None).
 
     The link's latency per call is the emulated one plus gloo's measured per-call overhead on
-    this machine (`overhead_ms`), which the emulation cannot remove."""
+    this machine (`overhead_ms`), which the emulation cannot remove. With overlap, the transfer
+    runs while the experts compute: `hideable_ms` (the step's expert GEMM time on this rank) is
+    taken off the transfer, never off the per-call latency (slept when a call is issued)."""
     m = recipe.model
     layers = len(layer_contexts(recipe))
     remote_per_layer = counters["remote_rows"] / (steps * procs * layers)
@@ -353,7 +376,22 @@ def predicted_ms(
         return bytes_step, None
     latency_us = link.latency_s * 1e6 + overhead_ms * 1e3
     ic = Interconnect(link.name, link.rate_per_rank / 1e9, latency_us, link.note)
-    return bytes_step, link_time_ms(bytes_step, calls, ic)
+    total = link_time_ms(bytes_step, calls, ic)
+    per_call = calls * latency_us / 1e3
+    return bytes_step, per_call + max(0.0, total - per_call - hideable_ms)
+
+
+def expert_ms_per_step(recipe: Recipe, procs: int, cpu_gflops: float) -> float:
+    """This rank's expert GEMM time per training step (forward + backward, balanced load) at the
+    calibrated FLOP/s: what an overlapped exchange can hide behind."""
+    m = recipe.model
+    layers = len(layer_contexts(recipe))
+    rows = recipe.data.batch_size * recipe.data.seq_len * m.top_k  # every rank's share, balanced
+    return layers * 18.0 * rows * m.hidden_size * m.expert_ffn_hidden_size / (cpu_gflops * 1e9) * 1e3
+
+
+def _overlapped(overrides: list[str]) -> bool:
+    return "dispatcher.overlap=false" not in overrides and "dispatcher.rows=per_expert" not in overrides
 
 
 def _median(values: list[float]) -> float:
@@ -362,21 +400,41 @@ def _median(values: list[float]) -> float:
 
 def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str, Any]:
     m = recipe.model
+    overrides = args.configurations(m.num_experts)
+    baseline = args.baseline(m.num_experts)
+    cpu_gflops = statistics.median(raw["cpu_gflops_per_rank"])
+    hideable = expert_ms_per_step(recipe, args.procs, cpu_gflops) if cpu_gflops == cpu_gflops else 0.0
     tables = {}
     for link_name, entry in raw["links"].items():
         link = EmulatedLink(**entry["link"])
         configs = entry["configs"]
-        base_ms = configs[BASELINE]["step_ms"]
+        base_ms = configs[baseline]["step_ms"]
+        base_median = statistics.median(base_ms)
         rows = []
         for name, r in configs.items():
             c = r["counters"]
             ratios = paired_speedups(base_ms, r["step_ms"])
-            slots = 1 if name == BASELINE else m.top_k  # metadata slots per row (per-expert rows: 1)
+            # metadata slots per row: per-expert rows carry one expert, per-device rows up to k
+            slots = 1 if "dispatcher.rows=per_expert" in overrides[name] else m.top_k
+            overlapped = _overlapped(overrides[name])
             counted_bytes, pred = predicted_ms(
-                recipe, c, args.steps, args.procs, r["calls_per_step"], slots, link, raw["call_overhead_ms"]
+                recipe,
+                c,
+                args.steps,
+                args.procs,
+                r["calls_per_step"],
+                slots,
+                link,
+                raw["call_overhead_ms"],
+                hideable if overlapped else 0.0,
             )
             step = summarize(r["step_ms"]).as_dict()
             blocked = _median(r["all2all_ms"])
+            # The same configuration with the all2all's cost removed: per step, the step minus the
+            # time blocked in the exchanges (mean over ranks); how far this configuration got from
+            # the baseline towards that limit.
+            limit = _median([s - a for s, a in zip(r["step_ms"], r["all2all_ms"])])
+            gap = base_median - limit
             rows.append(
                 {
                     "config": name,
@@ -397,10 +455,22 @@ def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str,
                     "speedup_q1": quantile(ratios, 0.25),
                     "speedup_q3": quantile(ratios, 0.75),
                     "step_time_change": statistics.median(r["step_ms"]) / statistics.median(base_ms) - 1,
+                    "overlap": overlapped,
+                    "limit_ms": limit,
+                    "limit_speedup": base_median / limit,
+                    "fraction_to_limit": (base_median - step["median_ms"]) / gap if gap > 0 else None,
                     "raw": r,
                 }
             )
-        tables[link_name] = {"link": entry["link"], "description": link.describe(args.procs), "rows": rows}
+        best = min(rows, key=lambda row: row["limit_ms"])
+        limit_row = {"config": f"limit: {best['config']} without all2all", "limit_ms": best["limit_ms"],
+                     "speedup": base_median / best["limit_ms"]}  # fmt: skip
+        tables[link_name] = {
+            "link": entry["link"],
+            "description": link.describe(args.procs),
+            "rows": rows,
+            "limit": limit_row,
+        }
     ref = REFERENCES[args.reference]
     return {
         "kind": "ep",
@@ -430,6 +500,8 @@ def assemble(args: Args, recipe: Recipe, raw: dict, seconds: float) -> dict[str,
         },
         "cpu_gflops_per_rank": raw["cpu_gflops_per_rank"],
         "call_overhead_ms": raw["call_overhead_ms"],
+        "expert_ms_per_step": hideable,
+        "baseline": baseline,
         "published_shares": PUBLISHED_SHARES,
         "seconds": seconds,
         "links": tables,
@@ -457,7 +529,7 @@ def print_report(result: dict[str, Any]) -> None:
         header = (
             f"{'config':<36}{'rows/tok':>9}{'remote':>8}{'B/tok':>8}{'dev/tok':>8}{'step ms':>9}{'IQR':>7}"
             f"{'a2a ms':>8}{'share':>7}{'skew ms':>8}{'pred ms':>8}{'pred/m':>7}{'B meas/cnt':>11}"
-            f"{'speed-up [q1,q3]':>20}"
+            f"{'speed-up [q1,q3]':>20}{'to limit':>9}"
         )
         print(header)
         print("-" * len(header))
@@ -472,10 +544,115 @@ def print_report(result: dict[str, Any]) -> None:
                 f"{s['iqr_ms']:>7.0f}{r['all2all_ms']:>8.0f}{r['all2all_share']:>7.0%}{r['skew_ms']:>8.0f}"
                 f"{pred:>8}{ratio:>7}{bytes_ratio:>11.4f}"
                 f"{r['speedup']:>9.2f}x [{r['speedup_q1']:.2f},{r['speedup_q3']:.2f}]"
+                f"{_pct(r['fraction_to_limit']):>9}"
             )
+        lim = table["limit"]
+        print(f"{lim['config']:<36}{'':>49}{lim['limit_ms']:>9.0f}{'':>92}{lim['speedup']:>9.2f}x")
         base = table["rows"][0]
         print(
             f"baseline all2all share of step time: {base['all2all_share']:.0%} "
             f"(published: {result['published_shares']})"
         )
     print(f"({result['seconds']:.0f}s)")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _spread(values: list[float | None]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None and v == v]
+    if not vals:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+
+def run_repeated(args: Args, repeats: int) -> dict[str, Any]:
+    """`run` `repeats` times (calibration included), with the load average before and after each;
+    per link and configuration the median and range over repeats of the speed-up, step time,
+    all2all share, predicted/measured and fraction of the way to the limit."""
+    if repeats < 1:
+        raise MoelightError(f"--repeats {repeats}: must be at least 1")
+    runs = []
+    cpus = os.cpu_count() or 1
+    for i in range(repeats):
+        before = os.getloadavg()
+        result = run(args)
+        after = os.getloadavg()
+        result["load_before"], result["load_after"] = list(before), list(after)
+        result["loaded"] = max(before[0], after[0]) > cpus
+        runs.append(result)
+        print(f"repeat {i + 1}/{repeats}: load average {before[0]:.1f} -> {after[0]:.1f} ({cpus} CPUs)"
+              + (" LOADED" if result["loaded"] else ""), flush=True)  # fmt: skip
+    summary: dict[str, Any] = {}
+    for link_name, table in runs[0]["links"].items():
+        per_config = {}
+        for i, row in enumerate(table["rows"]):
+            rows = [r["links"][link_name]["rows"][i] for r in runs]
+            per_config[row["config"]] = {
+                key: _spread([r[key] for r in rows])
+                for key in (
+                    "speedup",
+                    "all2all_share",
+                    "predicted_over_measured",
+                    "fraction_to_limit",
+                    "devices_per_token",
+                    "all2all_ms",
+                    "limit_ms",
+                )
+            }
+            per_config[row["config"]]["step_ms"] = _spread([r["step"]["median_ms"] for r in rows])
+        limits = [r["links"][link_name]["limit"] for r in runs]
+        summary[link_name] = {
+            "description": table["description"],
+            "configs": per_config,
+            "limit": {
+                "config": limits[0]["config"],
+                "limit_ms": _spread([x["limit_ms"] for x in limits]),
+                "speedup": _spread([x["speedup"] for x in limits]),
+            },
+        }
+    return {
+        "kind": "ep-repeated",
+        "repeats": repeats,
+        "loaded": any(r["loaded"] for r in runs),
+        "load": [[r["load_before"][0], r["load_after"][0]] for r in runs],
+        "cpus": cpus,
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+def _range(s: dict[str, float | None], fmt: str, suffix: str = "") -> str:
+    if s["median"] is None:
+        return "-"
+    return f"{s['median']:{fmt}}{suffix} [{s['min']:{fmt}}-{s['max']:{fmt}}]"
+
+
+def print_repeated(result: dict[str, Any]) -> None:
+    """The per-configuration medians and ranges over repeats."""
+    loads = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in result["load"])
+    flag = (
+        "; LOADED: the load average exceeded the core count, figures move with load"
+        if result["loaded"]
+        else ""
+    )
+    print(
+        f"\n== {result['repeats']} repeats; load average before->after: {loads} ({result['cpus']} CPUs){flag}"
+    )
+    for link_name, table in result["summary"].items():
+        print(f"-- link {link_name}: median [min-max] over repeats")
+        header = (
+            f"{'config':<48}{'speed-up':>22}{'step ms':>22}{'a2a share':>20}{'pred/meas':>20}{'to limit':>20}"
+        )
+        print(header)
+        for name, c in table["configs"].items():
+            print(
+                f"{name:<48}{_range(c['speedup'], '.2f', 'x'):>22}{_range(c['step_ms'], '.0f'):>22}"
+                f"{_range(c['all2all_share'], '.0%'):>20}{_range(c['predicted_over_measured'], '.2f'):>20}"
+                f"{_range(c['fraction_to_limit'], '.0%'):>20}"
+            )
+        lim = table["limit"]
+        print(
+            f"{lim['config']:<48}{_range(lim['speedup'], '.2f', 'x'):>22}{_range(lim['limit_ms'], '.0f'):>22}"
+        )

@@ -131,15 +131,25 @@ class EmulatedLink:
 
 
 def calibrate(
-    preset: LinkPreset, cpu_flops: float, run_layer_flops: float, reference: ReferenceModel
+    preset: LinkPreset,
+    cpu_flops: float,
+    run_layer_flops: float,
+    reference: ReferenceModel,
+    run_flops_per_row_byte: float | None = None,
 ) -> EmulatedLink:
+    """The preset on this CPU. With `run_flops_per_row_byte` (a recipe whose experts are narrower
+    than the reference's, e.g. the frontier model's FFN 64), the rate is also multiplied by
+    reference / run expert FLOPs per row-byte: the all2all time over the expert compute is then
+    the reference model's although each row carries fewer FLOPs (without it a narrow model's
+    step is nearly all all2all, as it would be on the real link)."""
     scale = preset.gpu_tflops * 1e12 / cpu_flops
     literal = preset.latency_us * 1e-6 * scale
+    widen = reference.flops_per_row_byte() / run_flops_per_row_byte if run_flops_per_row_byte else 1.0
     return EmulatedLink(
         preset.name,
         cpu_flops / 1e9,
         scale,
-        preset.bandwidth_gbs * 1e9 / scale,
+        preset.bandwidth_gbs * 1e9 / scale * widen,
         literal * run_layer_flops / reference.layer_flops(),
         literal,
         preset.note,

@@ -61,10 +61,14 @@ def in_namespace() -> bool:
 
 def run_in_namespace(argv: list[str]) -> int:
     """Run `python -m moelight <argv>` in a new network namespace; returns its exit status."""
+    return run_command_in_namespace([sys.executable, "-m", "moelight", *argv])
+
+
+def run_command_in_namespace(cmd: list[str]) -> int:
+    """Run `cmd` (e.g. a benchmark script re-executing itself) in a new network namespace."""
     require()
     env = dict(os.environ, **{ENV_PARENT_NS: _netns_id()})
-    cmd = ["unshare", "--net", "--", sys.executable, "-m", "moelight", *argv]
-    return subprocess.run(cmd, env=env).returncode
+    return subprocess.run(["unshare", "--net", "--", *cmd], env=env).returncode
 
 
 def _tc(*args: str) -> None:
@@ -91,6 +95,8 @@ def setup_loopback() -> None:
     for name, value in SOCKET_BUFFERS.items():
         with open(f"/proc/sys/net/ipv4/{name}", "w") as f:
             f.write(value)
+    # a repeated measurement in the same namespace sets it up again: start from no qdisc
+    subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
     _tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", "100000")
     _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", UNSHAPED_RATE)
     _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate", UNSHAPED_RATE)

@@ -37,6 +37,9 @@ top-k + grouplocal, C2R profile + collaboration-aware placement + grouplocal, C2
 grouplocal, and the last with overlap), same seed and batches, interleaved; per link: step time,
 time inside the all2all, rows / remote rows / bytes / devices per token, predicted vs measured
 all2all time, speed-up vs top-k per-expert."""
+MEMORY = """Per rank: bytes of parameters, gradients, AdamW state, activations (under the checkpointing
+mode), the loss head's logits, transient buffers and the peak, plus host memory for offload, by
+arithmetic (nothing is allocated; validated against measured peaks in docs/benchmarks.md)."""
 DISPATCHERS = """comma-separated; a dispatcher with params is name:key=value[:key=value]
 (e.g. grouplocal:kernels=torch). Also: hf-loop (Hugging Face's per-expert Python loop),
 gemm-only (ExpertWeights.grouped on pre-sorted rows)."""
@@ -138,6 +141,35 @@ def parser() -> VerbParser:
     c.add_argument("--seed", type=NonNegativeInt, default=0, help="seed of the sampled routings")
     c.add_argument("--json", metavar="PATH", help=JSON)
 
+    m = p.subcommand("memory", "per-rank memory plan of a recipe (no model is built)", MEMORY)
+    m.add_argument("recipe", nargs="?", metavar="RECIPE.yaml", help="default: the embedded quickstart recipe")
+    m.add_argument(
+        "--devices", type=PositiveInt | None, help="ranks N (default: the recipe's devices x nodes)"
+    )
+    m.add_argument("--expert-parallel", type=PositiveInt | None, help="P (default: parallel.expert_parallel)")
+    m.add_argument("--micro-batch", type=PositiveInt | None, help="rows per rank (default: data.batch_size)")
+    m.add_argument("--seq-len", type=PositiveInt | None, help="tokens per row (default: data.seq_len)")
+    m.add_argument(
+        "--checkpointing",
+        type=Literal["none", "full", "moe", "attention"] | None,
+        help="default: trainer.activation_checkpointing",
+    )
+    m.add_argument("--fsdp", action="store_true", help="plan FSDP2 sharding (default: the recipe's)")
+    m.add_argument(
+        "--offload",
+        type=Literal["none", "optimizer", "params"] | None,
+        help="state in host memory: optimizer (AdamW moments) or params (+ parameters and gradients)",
+    )
+    m.add_argument("--precision", help="default: trainer.precision (32-true, bf16-mixed, bf16-true)")
+    m.add_argument(
+        "--gpu-memory",
+        type=NonNegativeFloat | None,
+        metavar="GB",
+        help="exit 2 when the peak exceeds this (GiB)",
+    )
+    m.add_argument("--json", metavar="PATH", help=JSON)
+    m.add_overrides()
+
     e = p.subcommand("ep", "expert-parallel training steps over an emulated interconnect", EP)
     e.add_argument(
         "recipe",
@@ -158,6 +190,13 @@ def parser() -> VerbParser:
     e.add_argument("--procs", type=Literal[2, 4, 8], default=2, help="expert-parallel processes")
     e.add_argument("--steps", type=PositiveInt, default=8, help="timed steps")
     e.add_argument("--warmup", type=PositiveInt, default=2, help="untimed steps first")
+    e.add_argument(
+        "--repeats",
+        type=PositiveInt,
+        default=3,
+        help="whole measurements (calibration included); per configuration the median and range over "
+        "them, with the load average before and after each",
+    )
     e.add_argument("--threads", type=PositiveInt, default=1, help="torch CPU threads per rank")
     e.add_argument("--top-t", type=PositiveInt, default=1, help="C2R's candidates per token")
     e.add_argument(
@@ -322,16 +361,59 @@ def run_ep(a: Namespace, argv: list[str]) -> int:
         burst=a.burst,
         json_path=a.json,
     )
-    result = ep.run(args)
+    repeated = ep.run_repeated(args, a.repeats)
+    for one in repeated["runs"]:
+        ep.print_report(one)
+    ep.print_repeated(repeated)
+    # the first repeat's full record at the top (the single-run layout plots and tables read),
+    # every repeat and the summary under "repeated"
+    result = {**repeated["runs"][0], "repeated": repeated}
     result["command"] = "moelight bench " + shlex.join(argv)
-    ep.print_report(result)
     if a.json:
         write_json(a.json, result)
         print(f"wrote {a.json}")
     return 0
 
 
-SUBCOMMANDS = {"layer": run_layer, "step": run_step, "comm": run_comm, "ep": run_ep}
+def run_memory(a: Namespace, argv: list[str]) -> int:
+    # lazy, as bench ep: only `bench memory` needs the plan
+    from moelight.memory.plan import plan, setup_from_recipe
+    from moelight.memory.report import fits, plan_json, plan_lines
+
+    recipe = load_recipe(a.recipe, a.overrides)
+    setup = setup_from_recipe(
+        recipe,
+        devices=a.devices,
+        expert_parallel=a.expert_parallel,
+        micro_batch=a.micro_batch,
+        seq_len=a.seq_len,
+        checkpointing=a.checkpointing,
+        fsdp=a.fsdp or None,
+        offload=a.offload,
+        precision=a.precision,
+    )
+    if setup.devices % setup.expert_parallel:
+        raise MoelightError(
+            f"--expert-parallel {setup.expert_parallel} must divide the {setup.devices} ranks (--devices)"
+        )
+    if recipe.model.num_experts % setup.expert_parallel:
+        raise MoelightError(
+            f"--expert-parallel {setup.expert_parallel} must divide model.num_experts ({recipe.model.num_experts})"
+        )
+    result = plan(recipe, setup)
+    print("\n".join(plan_lines(result, a.gpu_memory)))
+    if a.json:
+        write_json(a.json, plan_json(result) | {"command": "moelight bench " + shlex.join(argv)})
+        print(f"wrote {a.json}")
+    if a.gpu_memory is not None and not fits(result, a.gpu_memory):
+        raise MoelightError(
+            f"the plan's peak {result.peak / 2**30:.1f} GiB per rank exceeds --gpu-memory {a.gpu_memory:g} GiB "
+            "(try --checkpointing full, --fsdp, --offload optimizer, or a smaller --micro-batch)"
+        )
+    return 0
+
+
+SUBCOMMANDS = {"layer": run_layer, "step": run_step, "comm": run_comm, "ep": run_ep, "memory": run_memory}
 
 
 def run(argv: list[str]) -> int:

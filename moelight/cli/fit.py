@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,13 +19,17 @@ from rich.console import Console
 from moelight.checkpoint.storage import storage_errors
 from moelight.cli.fit_args import split_fit_args
 from moelight.cli.lightning_cli import MoelightCLI
+from moelight.memory.fit_check import check_fits
 from moelight.model.build import build_model, count_parameters, flops_per_token, layer_contexts
 from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.outside_loop_signals import Interrupted, held, late_signal, signals_outside_training
-from moelight.training.run_dir import prepare_run
+from moelight.training.preflight import check_inputs
+from moelight.training.run_dir import is_first_process, prepare_run
+from moelight.training.run_lock import run_lock
 from moelight.training.run_record import RunRecord
 from moelight.training.signals import exit_code, stop_signal
+from moelight.training.startup_signals import end_launched_rank
 from moelight.training.threads import choose_threads
 
 console = Console()
@@ -66,12 +71,15 @@ def run(argv: list[str]) -> int:
             return _run(argv)
         except Interrupted as exc:
             console.print(f"[yellow]{exc.signal.name}: interrupted before training started, nothing saved[/]")
+            end_launched_rank(exc.signal)  # a launched rank must not end first (the launcher SIGKILLs all)
             return exit_code(exc.signal)
 
 
 def _run(argv: list[str]) -> int:
     args = split_fit_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
+    if not args.print_recipe:  # before the Trainer, the model or the run directory exist
+        check_fits(recipe, force=args.force)
     try:
         cli = MoelightCLI(recipe, args.lightning, build=False, overrides=args.overrides)
     except SystemExit as exc:  # --print_config prints, then exits
@@ -80,18 +88,26 @@ def _run(argv: list[str]) -> int:
         print(cli.recipe.to_yaml())
         return 0
     header = model_header(cli.recipe)  # the recipe's errors come before the run directory's
-    # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
-    # it refuses a mismatching resume before anything in the run directory is written.
-    with held():  # may move an earlier run aside: never half done
-        ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
-    threads = choose_threads()  # CPU runs on a busy machine: the idle cores (threads.py)
-    cli.build_classes()
-    return fit_cli(cli, ckpt_path, f"{header}, {threads} CPU thread{'s' * (threads > 1)}")
+    check_inputs(cli.recipe)  # init_from, profile.path, placement: before anything is written
+    with ExitStack() as stack:
+        # One run per directory, locked before anything in it is written; the other ranks that
+        # Lightning's launcher starts re-run this command line and must not wait for the lock.
+        if is_first_process():
+            stack.enter_context(run_lock(cli.recipe.trainer.out_dir))
+        # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
+        # it refuses a mismatching resume before anything else in the run directory is written.
+        with held():  # may move an earlier run aside: never half done
+            ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
+        threads = choose_threads()  # CPU runs on a busy machine: the idle cores (threads.py)
+        cli.build_classes()
+        return fit_cli(cli, ckpt_path, f"{header}, {threads} CPU thread{'s' * (threads > 1)}")
 
 
 def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:
     """Train `recipe` from Python (`trainer_args`: `--trainer.*` flags as on the command line)."""
-    return fit_cli(MoelightCLI(recipe, list(trainer_args or [])), ckpt_path)
+    cli = MoelightCLI(recipe, list(trainer_args or []))
+    check_fits(cli.recipe)
+    return fit_cli(cli, ckpt_path)
 
 
 def fit_cli(cli: MoelightCLI, ckpt_path: str | None = None, header: str | None = None) -> int:

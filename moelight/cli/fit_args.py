@@ -2,8 +2,8 @@
 
 - `RECIPE.yaml` (the first bare word) and `a.b=value` / `--a.b value` for recipe keys are recipe
   overrides (YAML scalars, validated by pydantic with the recipe);
-- `--resume`, `--overwrite`, `--print-recipe` are moelight's; `--help-trainer` is LightningCLI's
-  `--help` (every Trainer argument; moelight's own `--help` is cli/fit_help.py);
+- `--resume`, `--overwrite`, `--print-recipe`, `--force` are moelight's; `--help-trainer` is
+  LightningCLI's `--help` (every Trainer argument; moelight's own `--help` is cli/fit_help.py);
 - everything else (`--trainer.<any Trainer argument>`, `--config`, `--print_config`, `--help`) goes,
   in order, to LightningCLI's parser. `trainer.x=value` for a Trainer argument that is not a recipe
   field goes there too, as `--trainer.x=value`.
@@ -20,7 +20,7 @@ from moelight.recipe import Recipe, TrainerConfig
 from moelight.training.trainer import ALIASES
 
 VALUE_FLAGS = ("--resume",)
-BOOL_FLAGS = ("--overwrite", "--print-recipe")
+BOOL_FLAGS = ("--overwrite", "--print-recipe", "--force")
 # Lightning-side options that never take the next word as their value.
 NO_VALUE = ("-h", "--help", "--print_config")
 LOGGER_KEYWORDS = get_args(TrainerConfig.model_fields["logger"].annotation)
@@ -36,6 +36,7 @@ class FitArgs:
     resume: str | None = None
     overwrite: bool = False
     print_recipe: bool = False
+    force: bool = False  # skip the memory check (trainer.skip_memory_check)
     overrides: list[str] = field(default_factory=list)  # `key=value` items for load_recipe
     lightning: list[str] = field(default_factory=list)  # argv for LightningCLI's parser
 

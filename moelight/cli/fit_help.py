@@ -17,7 +17,7 @@ from moelight.recipe import Recipe, load_recipe
 from moelight.registry import dispatchers, routers
 
 USAGE = """usage: moelight fit [RECIPE.yaml] [a.b=value | --a.b value ...] [--resume last|PATH] [--overwrite]
-                    [--print-recipe] [--config FILE] [--print_config] [--trainer.<Trainer argument> value ...]
+                    [--print-recipe] [--force] [--config FILE] [--print_config] [--trainer.<Trainer argument> value ...]
 
 Train the model a recipe describes. Without RECIPE, the embedded default (recipes/quickstart.yaml).
 Values are YAML scalars (trainer.max_steps=50, --router.name c2r); the values below are this
@@ -29,6 +29,8 @@ options:
                       a given one (model, router and optim must match its recipe)
   --overwrite         start afresh: an earlier run in trainer.out_dir moves to <out_dir>/replaced/<time>/
   --print-recipe      print the validated recipe and exit
+  --force             start even when the memory plan says the model or batch cannot fit this
+                      machine (as trainer.skip_memory_check: true)
   --config FILE       Lightning-CLI config (what --print_config prints); --print_config prints the run's
   --help-trainer      every Lightning Trainer argument (strategies, callbacks, loggers, profilers, ...)"""
 

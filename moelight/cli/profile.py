@@ -122,7 +122,7 @@ def profile(
         write_placements,
     )
     from moelight.data.datamodule import MoEDataModule
-    from moelight.model.load import load_checkpoint
+    from moelight.load import load_checkpoint
 
     say = (lambda *a, **k: None) if quiet else console.print
     loaded = load_checkpoint(checkpoint, overrides)

@@ -9,8 +9,8 @@ import torch
 
 from moelight.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from moelight.errors import MoelightError
+from moelight.load import load_checkpoint
 from moelight.model.init_from import DTYPES
-from moelight.model.load import load_checkpoint
 from moelight.recipe import Recipe
 
 

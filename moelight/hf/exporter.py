@@ -10,12 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from moelight.checkpoint.file_mode import as_user_writes
-from moelight.errors import MoelightError
+from moelight.errors import MoelightError, first_names
 from moelight.hf.architecture import Architecture
 from moelight.hf.architectures import architectures, get_architecture
 from moelight.hf.checkpoint_dir import WEIGHTS_NAME
 from moelight.hf.name_table import expected_shapes, fmt_shape, weight_map
-from moelight.model.init_from import first_names
 from moelight.recipe import ModelConfig
 
 

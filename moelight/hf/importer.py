@@ -14,13 +14,12 @@ from typing import Any
 
 import torch
 
-from moelight.errors import MoelightError
+from moelight.errors import MoelightError, first_names
 from moelight.hf.architecture import Architecture, Entry
 from moelight.hf.architectures import get_architecture
 from moelight.hf.checkpoint_dir import HFCheckpoint
 from moelight.hf.config_fields import validate_model
 from moelight.hf.name_table import expected_shapes, fmt_shape, weight_map
-from moelight.model.init_from import first_names
 from moelight.model.weight_sources import Index, WeightSource, full_index
 from moelight.recipe import ModelConfig
 

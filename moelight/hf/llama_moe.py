@@ -196,6 +196,22 @@ class LlamaMoe(Architecture):
                 "load-aware C2R's selection bias is not part of LLaMA-MoE's gate: the export would route differently",
                 "router.bias_update_rate=0",
             ): name == "c2r" and bool(params.get("bias_update_rate")),
+            # soft, online and per-layer C2R are not the paper's rule (one top_t, fixed lists, hard mask)
+            blocker(
+                f"router.penalty: {params.get('penalty')}",
+                "soft C2R is not the C2R paper's hard mask: the export would route differently",
+                "router.penalty=null",
+            ): name == "c2r" and params.get("penalty") is not None,
+            blocker(
+                "router.collaborators: online",
+                "online C2R's lists change while training: the export would route differently",
+                "router.collaborators=profile",
+            ): name == "c2r" and params.get("collaborators") == "online",
+            blocker(
+                f"router.layer_top_t: {params.get('layer_top_t')}",
+                "LLaMA-MoE's C2R patch has one top_t: the export would route differently",
+                "router.layer_top_t=null",
+            ): name == "c2r" and params.get("layer_top_t") is not None,
         }
         return found + present(problems)
 

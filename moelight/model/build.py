@@ -71,7 +71,9 @@ def build_model(
         )
     for layer in moe_layers.values():
         layer.check_routing_values = recipe.trainer.check_routing_values
-    return MoETransformer(cfg, moe_layers)
+    model = MoETransformer(cfg, moe_layers)
+    model.set_activation_checkpointing(recipe.trainer.activation_checkpointing)
+    return model
 
 
 def count_parameters(model: MoETransformer, recipe: Recipe) -> dict[str, int]:

@@ -1,8 +1,6 @@
 """`model.init_from`: start a model from a converted model or a moelight checkpoint.
 
-Accepted: a `moelight convert import` directory (its `model.safetensors`), a local Hugging Face
-MoE checkpoint directory (config.json + safetensors, converted as `convert import` does, tensor
-by tensor; its recipe is the imported model and router sections), a `.safetensors` file
+Accepted here: a `moelight convert import` directory (its `model.safetensors`), a `.safetensors` file
 with moelight state-dict names, or a Lightning `.ckpt` whose `state_dict` keys are the training
 module's (`model.` + moelight name), or a sharded expert-parallel checkpoint directory. Expert
 tensors are stored for all experts (`[E, ...]`).
@@ -11,7 +9,8 @@ Loading is shard by shard: the model is built with its parameters on the meta de
 (`moelight.model.meta_params`) and each parameter reads only the part of its stored tensor this
 rank holds (`moelight.model.local_parts`: its experts' rows by global expert id, its FSDP2
 chunk), one tensor at a time (`moelight.model.weight_sources`). So a rank's peak host memory is
-its shard plus one tensor part, not the model.
+its shard plus one tensor part, not the model. A Hugging Face directory is opened one layer up,
+by `moelight.load.open_weights` (the `hf` package builds on this one).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moelight.errors import MoelightError
+from moelight.errors import MoelightError, first_names
 from moelight.model.local_parts import is_dtensor, local_index
 from moelight.model.weight_sources import Index, WeightSource, open_source
 from moelight.moe.experts import named_expert_parameters
@@ -34,21 +33,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 MODEL_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
-HF_CONFIG = "config.json"  # a Hugging Face checkpoint directory (no recipe.yaml beside it)
-
-
-def first_names(names: list[str], n: int = 5) -> str:
-    more = f" (and {len(names) - n} more)" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
 
 
 def open_checkpoint(path: str | Path) -> WeightSource:
     """A reader of the weights at `path` (nothing read yet), with the recipe it carries."""
     p = Path(path).expanduser()
-    if p.is_dir() and (p / HF_CONFIG).is_file() and not (p / RECIPE_FILE).is_file():
-        from moelight.hf.importer import HFSource  # the HF package imports this module
-
-        return HFSource(p)  # a Hugging Face directory, converted tensor by tensor
     if p.is_dir() and not (p / ".metadata").is_file():
         weights = p / MODEL_FILE
         if not weights.is_file():
@@ -155,12 +144,3 @@ def load_weights(model: nn.Module, source: WeightSource, what: str) -> None:
     """Fill `model` from `source`, strictly, one tensor part at a time (see the module docstring)."""
     for part in _plan(model, source, what):
         _fill(model, part, _read_part(source, part, part.target.dtype))
-
-
-def load_init_weights(model: nn.Module, path: str) -> None:
-    """Copy the weights at `path` into `model`, strictly: every parameter must be present with its
-    shape, and nothing may be left over. Missing buffers (e.g. a balancing router's running bias)
-    keep their initial values. Each parameter reads only the part this rank holds: its experts'
-    rows, its FSDP2 chunk; parameters on the meta device are replaced by the loaded tensors."""
-    with open_checkpoint(path) as source:
-        load_weights(model, source, f"model.init_from {path}")

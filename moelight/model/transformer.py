@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from moelight.model.kv_cache import KVCache, LayerKV
+from moelight.model.loss import chunked_cross_entropy
 from moelight.model.moe_layer import MoELayer
+from moelight.moe.recompute import CheckpointMode, checkpointed
 from moelight.recipe import ModelConfig
 
 
@@ -103,12 +105,34 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.ffn = ffn
+        self.checkpointing: CheckpointMode = "none"  # the recipe's trainer.activation_checkpointing
+
+    def _attention(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKV | None = None
+    ) -> torch.Tensor:
+        return self.attn(self.attn_norm(x), cos, sin, cache)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.ffn_norm(x))
+
+    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self._attention(x, cos, sin)
+        return x + self._ffn(x)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKV | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
-        return x + self.ffn(self.ffn_norm(x))
+        training = self.training and torch.is_grad_enabled() and cache is None
+        mode = self.checkpointing if training else "none"
+        if mode == "full":
+            return checkpointed(self._forward, x, cos, sin)
+        if mode == "attention":
+            x = x + checkpointed(self._attention, x, cos, sin)
+        else:
+            x = x + self._attention(x, cos, sin, cache)
+        if mode == "moe" and isinstance(self.ffn, MoELayer):
+            return x + checkpointed(self._ffn, x)
+        return x + self._ffn(x)
 
 
 class MoETransformer(nn.Module):
@@ -139,14 +163,35 @@ class MoETransformer(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def set_activation_checkpointing(self, mode: CheckpointMode) -> None:
+        for block in self.blocks:
+            block.checkpointing = mode
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The output projection [vocab, hidden] (the embedding when tied)."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, S] -> the final-norm hidden states [B, S, hidden]."""
         head_dim = self.blocks[0].attn.head_dim
         cos, sin = rotary_tables(idx.shape[1], head_dim, self.cfg.rope_theta, idx.device)
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, cos, sin)
-        x = self.norm(x)
-        return x @ self.embed.weight.t() if self.lm_head is None else self.lm_head(x)
+        return self.norm(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk_tokens: int = 0
+    ) -> torch.Tensor:
+        """Logits [B, S, vocab]; with `targets` [B, S] the mean next-token cross-entropy instead
+        (ignoring -100), over chunks of `loss_chunk_tokens` rows so that the full logits never
+        exist (0 = in one piece). The loss is computed here, inside the model's forward, so that a
+        sharding wrapper (FSDP) has the output projection's weight gathered while it is used."""
+        h = self.hidden_states(idx)
+        if targets is None:
+            return h @ self.embed.weight.t() if self.lm_head is None else self.lm_head(h)
+        return chunked_cross_entropy(h, self.head_weight, targets, loss_chunk_tokens)
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.blocks))

@@ -187,8 +187,13 @@ class ShardedDirSource(WeightSource):
         self.path = path
         meta = read_meta(path)
         info = meta["moelight_sharded"]
-        self._experts: dict[str, int] = dict(info["experts"])  # name -> number of experts
-        self._names = list(info["model_keys"])
+        keys = list(info["model_keys"])
+        # A training run's directory holds Lightning's names (`model.` + moelight name); strip the
+        # prefix as the .ckpt reader does, and put it back to find a tensor.
+        self._prefix = CKPT_PREFIX if keys and all(k.startswith(CKPT_PREFIX) for k in keys) else ""
+        cut = len(self._prefix)
+        self._experts: dict[str, int] = {k[cut:]: n for k, n in info["experts"].items()}  # name -> experts
+        self._names = [k[cut:] for k in keys]
         recipe = (meta.get("hyper_parameters") or {}).get("recipe")
         self.recipe = recipe if isinstance(recipe, dict) else None
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -203,6 +208,7 @@ class ShardedDirSource(WeightSource):
     def _key(self, name: str, gid: int | None = None) -> str:
         from moelight.parallel.checkpoint import MODEL, expert_key
 
+        name = self._prefix + name
         return MODEL + (name if gid is None else expert_key(name, gid))
 
     def names(self) -> list[str]:

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from moelight.moe.recompute import recomputing
 from moelight.moe.router_losses import expert_counts
 
 BUFFER = "expert_bias"
@@ -34,7 +35,10 @@ def record_expert_load(router: nn.Module, experts: torch.Tensor) -> None:
 
     The load is tagged with `router.step` (set by `Router.begin_step`): load left by a step that
     ended without `after_optimizer_step` is dropped when a forward of another step number records.
+    The second run of a checkpointed forward (activation checkpointing) records nothing.
     """
+    if recomputing():
+        return
     load = getattr(router, LOAD)
     step = getattr(router, "step", None)
     if router._expert_load_step != step:

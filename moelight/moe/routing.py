@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from moelight.moe.layer_context import LayerContext
+from moelight.moe.recompute import recomputing
 
 
 class PluginParams(BaseModel):
@@ -70,7 +71,10 @@ class Router(nn.Module):
         clears the expert load of `register_expert_bias`.)"""
 
     def log_scalar(self, name: str, value: float | torch.Tensor) -> None:
-        """Report a scalar for this step; the trainer logs it as `router/<name>/l<layer index>`."""
+        """Report a scalar for this step; the trainer logs it as `router/<name>/l<layer index>`.
+        The second run of a checkpointed forward (activation checkpointing) reports nothing."""
+        if recomputing():
+            return
         self._logged[name] = value.detach() if isinstance(value, torch.Tensor) else float(value)
 
     def pop_logged(self) -> dict[str, float | torch.Tensor]:

@@ -20,19 +20,19 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from moelight.model.transformer import MoETransformer
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def shard_model(
-    model: MoETransformer,
+    model: torch.nn.Module,
     world_mesh: DeviceMesh,
     expert_mesh: DeviceMesh,
     param_dtype: str = "float32",
     cpu_offload: bool = False,
 ) -> None:
-    """Apply FSDP2 to `model` in place (experts first: a parent leaves already-sharded modules alone)."""
+    """Apply FSDP2 to `model`, a `MoETransformer`, in place (experts first: a parent leaves
+    already-sharded modules alone). Typed as a plain module: `moelight.model` reads the sharded
+    checkpoints of this package, so this package does not import it back."""
     mp = MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=torch.float32)
     offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
     world = world_mesh.size()

@@ -6,12 +6,11 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from moelight.errors import ConfigError
+from moelight.load import load_init_weights
 from moelight.model.build import build_model
-from moelight.model.init_from import load_init_weights
 from moelight.model.meta_params import parameters_on_meta
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.recipe import Recipe, validate_recipe
@@ -74,9 +73,8 @@ class MoELanguageModel(L.LightningModule):
         return self.model(idx)
 
     def _lm_loss(self, batch) -> torch.Tensor:
-        x, y = batch
-        logits = self.model(x)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        x, y = batch  # the loss inside the model's forward, over row chunks (moelight/model/loss.py)
+        return self.model(x, targets=y, loss_chunk_tokens=self.recipe.trainer.loss_chunk_tokens)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         begin_router_step(self.model.moe_layers, updates_taken(self.trainer))

@@ -8,6 +8,17 @@ Weights are the router probabilities of the chosen experts. Load-aware C2R (`bia
 the auxiliary-loss-free expert bias (DeepSeek-V3) shifts the top-1 and candidate *selection*,
 never the weights.
 
+Variants aimed at C2R's quality cost (docs/frontier.md):
+- soft C2R (`penalty`): the k-1 experts beside the top-1 are the best of *all* experts after
+  non-candidates' selection values are lowered by `penalty` (logit units; scores + bias under
+  load-aware C2R) instead of being masked. penalty = 0 is top-k, penalty -> inf is hard C2R.
+- online C2R (`collaborators: online`, `refresh_every: K`): the collaborator lists are re-derived
+  every K optimizer steps from the co-activation counts of the running model's unconstrained top-k
+  choices over those K steps (summed over all ranks), so no profiling run is needed; until the
+  first refresh the router is plain top-k. Lists and counts are buffers saved with checkpoints.
+- per-layer T (`layer_top_t`): T of each layer, e.g. chosen by `moelight.c2r.per_layer_t` from
+  that layer's collaboration concentration for a devices-per-token budget.
+
 LLaMA-MoE's C2R (the official patch of its TopKBalancedNoisyGate) is this rule with
 `gate_network: mlp`, `noise: true` (selection on the noisy logits in training),
 `renormalize: true` (softmax over the k chosen logits), `route_scale` and the CV^2
@@ -22,6 +33,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from moelight.api import (
@@ -48,6 +60,14 @@ from moelight.api import (
 )
 
 
+def collaborator_lists_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """[E, E] co-activation counts -> row i: the other experts by decreasing count (ties: lower id
+    first), i itself last."""
+    c = counts.float().clone()
+    c.fill_diagonal_(float("-inf"))
+    return c.sort(dim=1, descending=True, stable=True).indices
+
+
 @routers.register("c2r")
 class C2RRouter(Router):
     """Top-1 expert plus the best k-1 of its top_t collaborators."""
@@ -56,9 +76,23 @@ class C2RRouter(Router):
         top_t: int = Field(
             ..., ge=1, description="candidates per token: the top-1 expert's first top_t collaborators"
         )
-        collaborators: Literal["profile", "placement"] = Field(
+        collaborators: Literal["profile", "placement", "online"] = Field(
             "profile",
-            description="collaborator source: the profile's lists, or the experts on the same device",
+            description="collaborator source: the profile's lists, the experts on the same device, or "
+            "lists re-derived online from the running model's co-activation (see refresh_every)",
+        )
+        penalty: float | None = Field(
+            None,
+            ge=0,
+            description="soft C2R: offset subtracted from non-candidates' selection values instead of "
+            "masking them (0 = top-k, .inf = hard C2R); null = hard C2R",
+        )
+        refresh_every: int = Field(
+            0, ge=0, description="online C2R: optimizer steps between re-derivations of the lists"
+        )
+        layer_top_t: list[int] | None = Field(
+            None,
+            description="per-layer T: entry i is top_t of transformer layer i (overrides top_t there)",
         )
         # LLaMA-MoE's gate (see the module docstring)
         gate_network: GateNetwork = Field(
@@ -87,11 +121,31 @@ class C2RRouter(Router):
                     "bias_update_rate (load-aware C2R) and balance_loss_coef (LLaMA-MoE's CV^2 loss) "
                     "are two balancing methods; set only one"
                 )
+            online = self.collaborators == "online"
+            if online != bool(self.refresh_every):
+                raise ValueError(
+                    "collaborators: online needs refresh_every >= 1 (steps between list refreshes), "
+                    "and refresh_every applies only to collaborators: online"
+                )
+            if self.balance_loss_coef and (online or self.penalty is not None):
+                raise ValueError(
+                    "balance_loss_coef (LLaMA-MoE's smooth load against a fixed candidate set) works "
+                    "with hard C2R on profile or placement lists only; unset penalty / use profile lists"
+                )
             return self
 
     def __init__(self, params: Params, ctx: LayerContext):
         super().__init__(params, ctx)
         e, k, t = ctx.num_experts, ctx.top_k, params.top_t
+        if params.layer_top_t is not None:
+            if ctx.layer_index >= len(params.layer_top_t):
+                raise ConfigError(
+                    "router.layer_top_t",
+                    f"{len(params.layer_top_t)} entries, but MoE layer {ctx.layer_index} needs one "
+                    "(one entry per transformer layer)",
+                )
+            t = params.layer_top_t[ctx.layer_index]
+        self.top_t = t
         if t < k - 1:
             raise ConfigError(
                 "router.top_t",
@@ -103,7 +157,21 @@ class C2RRouter(Router):
         # The tables are data, built on the CPU even when the model is built on the meta device.
         with torch.device("cpu"):
             collab = self._collaborator_lists(params, ctx)
-            if params.collaborators == "profile":
+            if params.collaborators == "online":
+                # Until the first refresh: plain top-k; the table is rebuilt from online_lists.
+                lists = torch.stack(
+                    [torch.cat([torch.arange(e)[torch.arange(e) != i], torch.tensor([i])]) for i in range(e)]
+                )
+                table, valid = self._profile_candidates(lists, t)
+                following = None
+                # Saved with checkpoints so that a resumed run routes and refreshes exactly as before.
+                self.register_buffer("online_lists", lists)
+                self.register_buffer("online_counts", torch.zeros(e, e))
+                # long, not bool: DDP broadcasts buffers, and 0/1 travels on every backend
+                self.register_buffer("online_ready", torch.zeros((), dtype=torch.long))
+                self.register_buffer("online_steps", torch.zeros((), dtype=torch.long))
+                self.register_buffer("online_pending", torch.zeros(e, e), persistent=False)
+            elif params.collaborators == "profile":
                 table, valid = self._profile_candidates(collab, t)
                 following = self._next_collaborator(collab, t)
             else:
@@ -123,6 +191,8 @@ class C2RRouter(Router):
     @staticmethod
     def _collaborator_lists(params: Params, ctx: LayerContext) -> torch.Tensor | None:
         e = ctx.num_experts
+        if params.collaborators == "online":
+            return None  # derived while training
         if ctx.collaborators is None:
             if params.collaborators == "profile":
                 raise ConfigError(
@@ -204,13 +274,21 @@ class C2RRouter(Router):
         # C2R, the scores plus the expert bias (then there is no smooth load, see the validator).
         selection = scores.detach() + self.expert_bias if p.bias_update_rate else logits
         top1 = selection.argmax(dim=-1, keepdim=True)  # [T, 1]
-        cand = self.candidates[top1.squeeze(1)]  # [T, t]
-        cand_values = selection.gather(1, cand)
-        if self._padded:
-            cand_values = cand_values.masked_fill(~self.candidate_valid[top1.squeeze(1)], float("-inf"))
-        # The best k candidates, best first: k-1 are chosen, the k-th is the smooth load's bar.
-        ranked_values, ranked = cand_values.topk(min(k, cand.shape[1]), dim=-1)
-        experts = torch.cat([top1, cand.gather(1, ranked[:, : k - 1])], dim=1)
+        online = p.collaborators == "online"
+        if online and self.training:
+            self._record_coactivation(selection.detach().topk(k, dim=-1).indices)
+        if online and not bool(self.online_ready):
+            experts = selection.topk(k, dim=-1).indices  # no lists yet: top-k
+        elif p.penalty is not None:
+            experts = self._soft_select(selection, top1, k)
+        else:
+            cand = self.candidates[top1.squeeze(1)]  # [T, t]
+            cand_values = selection.gather(1, cand)
+            if self._padded:
+                cand_values = cand_values.masked_fill(~self.candidate_valid[top1.squeeze(1)], float("-inf"))
+            # The best k candidates, best first: k-1 are chosen, the k-th is the smooth load's bar.
+            ranked_values, ranked = cand_values.topk(min(k, cand.shape[1]), dim=-1)
+            experts = torch.cat([top1, cand.gather(1, ranked[:, : k - 1])], dim=1)
         if self.training and p.bias_update_rate:
             record_expert_load(self, experts)
         routing = finish_routing(clean, scores, experts, p, scale=False)  # the loss needs them unscaled
@@ -234,9 +312,58 @@ class C2RRouter(Router):
             )
         return apply_route_scale(routing, p)
 
+    def _soft_select(self, selection: torch.Tensor, top1: torch.Tensor, k: int) -> torch.Tensor:
+        """Soft C2R: top-1, then the best k-1 others after non-candidates lose `penalty`."""
+        rows = top1.squeeze(1)
+        # scatter_add, not scatter: padded (invalid) slots point at expert 0, which may be valid too
+        allowed = torch.zeros_like(selection, dtype=torch.long)
+        allowed = allowed.scatter_add(1, self.candidates[rows], self.candidate_valid[rows].long()) > 0
+        others = torch.where(allowed, selection, selection - self.params.penalty)
+        others = others.scatter(1, top1, float("-inf"))
+        return torch.cat([top1, others.topk(k - 1, dim=-1).indices], dim=1)
+
+    @torch.no_grad()
+    def _record_coactivation(self, chosen: torch.Tensor) -> None:
+        """Add the co-activation counts of this forward's unconstrained top-k choices [T, k]."""
+        onehot = torch.zeros(chosen.shape[0], self.ctx.num_experts, device=chosen.device)
+        onehot.scatter_(1, chosen, 1.0)
+        counts = onehot.T @ onehot
+        counts.fill_diagonal_(0)
+        self.online_pending.add_(counts.to(self.online_pending.device))
+
+    @torch.no_grad()
+    def _refresh_online(self) -> None:
+        """Fold this step's counts in (summed over ranks); every refresh_every steps, new lists."""
+        pending = self.online_pending
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(pending)  # every replica keeps the same counts and lists
+        self.online_counts.add_(pending)
+        pending.zero_()
+        self.online_steps.add_(1)
+        if int(self.online_steps) % self.params.refresh_every:
+            return
+        lists = collaborator_lists_from_counts(self.online_counts)
+        self.online_lists.copy_(lists)
+        table, _ = self._profile_candidates(lists.cpu(), self.top_t)
+        self.candidates.copy_(table.to(self.candidates.device))
+        self.online_counts.zero_()
+        self.online_ready.fill_(1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.params.collaborators == "online":  # the derived table follows the loaded lists
+            table, _ = self._profile_candidates(self.online_lists.cpu(), self.top_t)
+            self.candidates.copy_(table.to(self.candidates.device))
+
     def after_optimizer_step(self) -> None:
         if self.params.bias_update_rate:
             update_expert_bias(self, self.params.bias_update_rate)
+        if self.params.collaborators == "online":
+            self._refresh_online()
+
+    def discard_step(self) -> None:
+        if self.params.collaborators == "online":
+            self.online_pending.zero_()
 
     def _bar(
         self, top_values: torch.Tensor, logits: torch.Tensor, top1: torch.Tensor, k: int

@@ -1,4 +1,8 @@
-"""A trained model in one process, from a moelight checkpoint: what `moelight profile` and `moelight eval` run."""
+"""Weights from any checkpoint moelight reads: `model.init_from`, and the trained model in one
+process that `moelight profile`, `eval` and `generate` run.
+
+It sits above both `moelight.model` (moelight's own formats) and `moelight.hf` (a Hugging Face
+directory converted tensor by tensor), which builds on `moelight.model`."""
 
 from __future__ import annotations
 
@@ -8,11 +12,33 @@ from pathlib import Path
 import torch
 
 from moelight.errors import MoelightError
+from moelight.hf.importer import HFSource
 from moelight.model.build import build_model, layer_contexts
-from moelight.model.init_from import load_weights, open_checkpoint
+from moelight.model.init_from import RECIPE_FILE, load_weights, open_checkpoint
 from moelight.model.meta_params import parameters_on_meta
+from moelight.model.weight_sources import WeightSource
 from moelight.recipe import Recipe, merge, parse_overrides, read_recipe_dict, validate_recipe
 from moelight.registry import routers
+
+HF_CONFIG = "config.json"  # a Hugging Face checkpoint directory (no recipe.yaml beside it)
+
+
+def open_weights(path: str | Path) -> WeightSource:
+    """A reader of the weights at `path` (nothing read yet): a Hugging Face directory, converted
+    tensor by tensor, or any of moelight's own formats (`moelight.model.init_from.open_checkpoint`)."""
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / HF_CONFIG).is_file() and not (p / RECIPE_FILE).is_file():
+        return HFSource(p)
+    return open_checkpoint(p)
+
+
+def load_init_weights(model: torch.nn.Module, path: str) -> None:
+    """Copy the weights at `path` into `model`, strictly: every parameter must be present with its
+    shape, and nothing may be left over. Missing buffers (e.g. a balancing router's running bias)
+    keep their initial values. Each parameter reads only the part this rank holds: its experts'
+    rows, its FSDP2 chunk; parameters on the meta device are replaced by the loaded tensors."""
+    with open_weights(path) as source:
+        load_weights(model, source, f"model.init_from {path}")
 
 
 @dataclass
@@ -52,7 +78,7 @@ def load_checkpoint(
     expert-parallel directory, or a converted directory with its recipe.yaml).
     `recipe_path` replaces the recipe the checkpoint carries (needed for a bare .safetensors).
     """
-    with open_checkpoint(path) as source:
+    with open_weights(path) as source:
         recipe_dict = source.recipe if recipe_path is None else read_recipe_dict(recipe_path)
         if recipe_dict is None:
             raise MoelightError(
