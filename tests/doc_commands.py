@@ -12,6 +12,10 @@ line(s) just above its fence:
 
 The reason in parentheses is required; every skipped block is reported. Any other
 `docs-test:` comment is an error, so a typo cannot silently skip a block.
+
+A block that starts with the README's install step (`python3 -m venv .venv && . .venv/bin/activate
+&& pip install ... &&`) runs without it: the test already runs inside the installed environment,
+so what follows the install (the README's first command: `moelight fit`) is still run as written.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ SHELL = {"bash", "sh", "shell"}
 # A marker is an HTML comment on its own line (a mention inside prose or backticks is not one).
 MARKER = re.compile(r"^\s*<!--\s*docs-test:(.*?)-->\s*$")
 SKIP = re.compile(r"^\s*skip\s*\((.+)\)\s*$")
+INSTALL = re.compile(r"^python3 -m venv \.venv && \. \.venv/bin/activate && pip install [^&]*&&\s*")
+
+
+def without_install(text: str) -> str:
+    """`text` without a leading install step (see the module docstring)."""
+    return INSTALL.sub("", text, count=1)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from doc_commands import Block, MarkerError, doc_chain, shell_blocks
+from doc_commands import Block, MarkerError, doc_chain, shell_blocks, without_install
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "CONTRIBUTING.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
@@ -120,7 +120,7 @@ def run_chain(doc: str, tmp_path: Path, cache: Path) -> list[Block]:
             skipped.append(block)
             continue
         proc = subprocess.run(
-            ["bash", "-e", "-o", "pipefail", "-c", block.text],
+            ["bash", "-e", "-o", "pipefail", "-c", without_install(block.text)],
             cwd=work,
             env=env,
             stdin=subprocess.DEVNULL,  # an interactive command (`moelight chat`) reads EOF and ends
@@ -220,3 +220,13 @@ def test_tiny_arguments_go_after_the_doc_command():
     assert tiny_argv("moelight-lm-eval", ["--model", "moelight"])[-2:] == ["--limit", "2"]
     resumed = tiny_argv("moelight", ["fit", "r.yaml", "--resume", "last", "trainer.max_steps=400"])
     assert resumed[-1] == "trainer.max_steps=8"  # later wins: 4 more tiny steps
+
+
+def test_the_install_step_is_dropped_and_the_rest_runs():
+    readme_first = (
+        "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 -e . && moelight fit\n"
+    )
+    assert without_install(readme_first) == "moelight fit\n"
+    assert without_install("moelight fit && pip install x && y\n") == "moelight fit && pip install x && y\n"
+    first = next(b for b in doc_chain(ROOT, "README.md") if b.skip is None)
+    assert without_install(first.text).strip() == "moelight fit"  # the README's main job is run

@@ -12,7 +12,7 @@ from moelight.c2r.profile_file import read_profile
 from moelight.c2r.profiling import profile_model
 from moelight.cli.main import main
 from moelight.data.tokenizer import ByteTokenizer
-from moelight.model.load import load_checkpoint
+from moelight.load import load_checkpoint
 from moelight.recipe import validate_recipe
 
 E, K, LAYERS = 6, 2, 2
