@@ -42,6 +42,12 @@ class ModelConfig(Section):
     shared_expert_gate: bool = Field(False, description="sigmoid gate on the shared expert (Qwen2-MoE)")
     tie_embeddings: bool = True
     rope_theta: float = Field(10000.0, gt=0)
+    max_position_embeddings: int | None = Field(
+        None,
+        gt=0,
+        description="the context length the model is made for (`convert import` copies the HF config's); "
+        "None = data.seq_len, the length it was trained on",
+    )
     norm_eps: float = Field(1e-5, gt=0)
     qkv_bias: bool = False
     qk_norm: bool = Field(False, description="RMSNorm on the full q and k projections (OLMoE)")
@@ -75,7 +81,19 @@ class DataConfig(Section):
     tokenizer: str = Field("bytes", description="'bytes' or a local Hugging Face tokenizer directory")
     seq_len: int = Field(128, gt=1)
     batch_size: int = Field(16, gt=0)
-    val_fraction: float = Field(0.02, gt=0, lt=1)
+    val_fraction: float = Field(
+        0.02, ge=0, lt=1, description="held out for validation; 0 = train on every row (see val_source)"
+    )
+    val_source: str | None = Field(
+        None,
+        description="validation from this separate file/directory (same format), all of it; "
+        "needs val_fraction: 0. None with val_fraction: 0 = no validation",
+    )
+    turns: Literal["all", "first"] = Field(
+        "all",
+        description="instruct: multi-turn conversations train on every turn (all) or are cut to "
+        "their first user/assistant exchange (first)",
+    )
     max_bytes: int | None = Field(None, gt=0, description="use only the first n bytes of the corpus")
     cache_dir: str | None = Field(None, description="tokenised-corpus cache; None = ~/.cache/moelight")
     num_workers: int = Field(0, ge=0)
@@ -91,10 +109,32 @@ class DataConfig(Section):
         "vicuna = the C2R paper's Qwen / LLaMA-MoE fine-tuning prompts",
     )
 
+    @model_validator(mode="after")
+    def _validation_source(self) -> DataConfig:
+        if self.val_source is not None and self.val_fraction > 0:
+            raise ValueError(
+                f"val_source replaces the held-out split: set val_fraction: 0 (got {self.val_fraction})"
+            )
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_fraction > 0 or self.val_source is not None
+
 
 class OptimConfig(Section):
     lr: float = Field(3e-3, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["cosine", "deepspeed_warmup"] = Field(
+        "cosine",
+        description="cosine: linear warm-up, cosine decay to min_lr_ratio x lr; deepspeed_warmup: "
+        "DeepSpeed's WarmupLR (warm-up from min_lr_ratio x lr, then constant lr)",
+    )
+    warmup_type: Literal["log", "linear"] | None = Field(
+        None, description="deepspeed_warmup's warm-up curve (DeepSpeed's warmup_type); None = log"
+    )
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="cosine: the end of the decay; deepspeed_warmup: the warm-up's start"
+    )
     warmup_steps: int = Field(30, ge=0)
     warmup_ratio: float = Field(
         0.0, ge=0, lt=1, description="> 0: warm up for ceil(ratio x total steps) instead of warmup_steps"
@@ -105,6 +145,15 @@ class OptimConfig(Section):
     grad_clip: float | None = Field(
         1.0, gt=0, description="clip the gradient norm (Lightning's trainer.gradient_clip_val); null = off"
     )
+
+    @model_validator(mode="after")
+    def _warmup_type(self) -> OptimConfig:
+        if self.warmup_type is not None and self.schedule != "deepspeed_warmup":
+            raise ValueError(
+                f"warmup_type applies to schedule: deepspeed_warmup only (schedule is {self.schedule!r}; "
+                "cosine warms up linearly)"
+            )
+        return self
 
     @field_validator("betas")
     @classmethod
@@ -131,7 +180,11 @@ class TrainerConfig(Section):
     precision: str | int = Field("32-true", description="Lightning precision, e.g. 32-true, bf16-mixed")
     accumulate_grad_batches: int = Field(1, gt=0)
     val_check_interval: int = Field(100, gt=0, description="validate every n training steps")
-    limit_val_batches: int | float = Field(20, gt=0, description="validation batches (int) or fraction")
+    limit_val_batches: int | float = Field(
+        20,
+        ge=0,
+        description="validation batches (int) or fraction; 0 = no validation (also when data has none)",
+    )
     log_every_n_steps: int = Field(10, gt=0)
     out_dir: str = Field(
         "runs/quickstart", description="checkpoints and logs go here (Lightning's default_root_dir)"
@@ -283,13 +336,53 @@ class Recipe(Section):
 PLUGIN_SECTIONS = {"router": routers, "dispatcher": dispatchers}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, list | dict):
+                continue  # unhashable: SafeLoader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message in one line: the problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and "(lines" in problem:  # a duplicate key: it says both lines
+        return problem
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MoelightError(f"recipe not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MoelightError(
+            f"{path}: a recipe must be UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start} is not); "
+            "is it a binary file?"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise MoelightError(f"{path}: not valid YAML: {exc}") from None
+        raise MoelightError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise MoelightError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -328,6 +421,7 @@ INPUT_PATHS = {
     ("profile", "path"): None,
     ("parallel", "placement"): "contiguous",
     ("model", "init_from"): None,
+    ("data", "val_source"): None,
 }
 
 

@@ -59,6 +59,34 @@ def load_plugin_modules(names: list[str], field: str = "plugins") -> None:
             raise ConfigError(
                 f"{field}.{i}", f"plugin {name} has a syntax error: {exc.filename}:{exc.lineno}: {exc.msg}"
             ) from None
+        except ConfigError:
+            raise
+        except Exception as exc:  # the plugin's own code raised while it was imported
+            raise ConfigError(
+                f"{field}.{i}",
+                f"plugin {name} raised {type(exc).__name__} at import{_where(exc, name)}: {_first_line(exc)}",
+            ) from None
+
+
+def _where(exc: BaseException, name: str) -> str:
+    """` (file:line)` of the innermost frame of the plugin's own file (or module) in `exc`'s traceback."""
+    tb, found = exc.__traceback__, ""
+    target = str(Path(name).resolve()) if name.endswith(".py") else None
+    while tb is not None:
+        file = tb.tb_frame.f_code.co_filename
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        mine = (
+            str(Path(file).resolve()) == target if target else module == name or module.startswith(name + ".")
+        )
+        if mine:
+            found = f" ({file}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
 
 
 def file_module_name(path: Path) -> str:

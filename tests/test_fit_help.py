@@ -43,7 +43,7 @@ def test_help_lists_every_recipe_field_in_under_150_lines(recipe, capsys):
 def test_help_shows_the_recipe_values_with_overrides(capsys):
     text = help_of(capsys, str(ROOT / "recipes/c2r.yaml"), "router.top_t=5", "--model.n_layers", "3")
     assert "router.top_t: int = 5" in text and "model.n_layers: int = 3" in text
-    assert "router.collaborators: profile|placement = " in text  # a Literal, spelled out
+    assert "router.collaborators: profile|placement|online = " in text  # a Literal, spelled out
 
 
 def test_help_imports_no_lightning():

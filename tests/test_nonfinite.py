@@ -77,6 +77,8 @@ def test_skip_is_bounded(tiny, capsys):
     assert main(argv + nan_router(from_call=2)) == 3
     err = " ".join(capsys.readouterr().err.split())
     assert "diverged at step 4" in err and "2 steps in a row skipped" in err
+    assert "on_nonfinite=skip" not in err  # its budget ran out: advise something else
+    assert "lower optim.lr" in err
 
 
 def test_a_checkpoint_of_nonfinite_state_is_refused():

@@ -49,8 +49,8 @@ from moelight.bench.link import (
 from moelight.bench.timing import interleaved, paired_speedups, quantile, summarize
 from moelight.data.datamodule import MoEDataModule
 from moelight.errors import MoelightError
+from moelight.load import load_init_weights
 from moelight.model.build import build_model, layer_contexts
-from moelight.model.init_from import load_init_weights
 from moelight.moe.dispatch import ExpertParallelContext
 from moelight.parallel.all_to_all import COMM, all_to_all_counts
 from moelight.parallel.grad_sync import clip_by_global_norm, expert_parameters, reduce_expert_grads

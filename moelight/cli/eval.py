@@ -56,6 +56,13 @@ def parser() -> VerbParser:
     )
     p.add_argument("--batch-size", type=PositiveInt | None, help="sequences per forward pass (default 16)")
     p.add_argument(
+        "--max-length",
+        type=PositiveInt | None,
+        help="the scoring window in tokens; longer inputs are cut on the left (default: the model's "
+        "context length, model.max_position_embeddings, which `convert import` records; for a "
+        "moelight-trained model its data.seq_len)",
+    )
+    p.add_argument(
         "--out",
         metavar="DIR",
         help="write results.json (lm-eval's format; DIR/<label>/ for several checkpoints) and results.md",
@@ -131,7 +138,10 @@ def run(argv: list[str]) -> int:
             f"[bold]{escape(label)}[/]: {escape(ckpt)} — router {escape(str(router))}, "
             f"{loaded.device.type} {str(loaded.dtype).removeprefix('torch.')}"
         )
-        lm = MoelightLM(model=loaded, batch_size=args.batch_size)
+        lm = MoelightLM(model=loaded, batch_size=args.batch_size, max_length=args.max_length)
+        console.print(
+            f"  window: {lm.max_length} tokens" + ("" if args.max_length else " (the model's context length)")
+        )
         results = run_tasks(lm, runs, manager, limit)
         results["config"]["model"] = "moelight"
         results["config"]["model_args"] = {"checkpoint": str(ckpt), "router": loaded.recipe.router}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,9 +24,12 @@ from moelight.model.build import build_model, count_parameters, flops_per_token,
 from moelight.parallel.liveness import peer_failures
 from moelight.recipe import Recipe, load_recipe
 from moelight.training.outside_loop_signals import Interrupted, held, late_signal, signals_outside_training
-from moelight.training.run_dir import prepare_run
+from moelight.training.preflight import check_inputs
+from moelight.training.run_dir import is_first_process, prepare_run
+from moelight.training.run_lock import run_lock
 from moelight.training.run_record import RunRecord
 from moelight.training.signals import exit_code, stop_signal
+from moelight.training.startup_signals import end_launched_rank
 from moelight.training.threads import choose_threads
 
 console = Console()
@@ -67,6 +71,7 @@ def run(argv: list[str]) -> int:
             return _run(argv)
         except Interrupted as exc:
             console.print(f"[yellow]{exc.signal.name}: interrupted before training started, nothing saved[/]")
+            end_launched_rank(exc.signal)  # a launched rank must not end first (the launcher SIGKILLs all)
             return exit_code(exc.signal)
 
 
@@ -83,13 +88,19 @@ def _run(argv: list[str]) -> int:
         print(cli.recipe.to_yaml())
         return 0
     header = model_header(cli.recipe)  # the recipe's errors come before the run directory's
-    # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
-    # it refuses a mismatching resume before anything in the run directory is written.
-    with held():  # may move an earlier run aside: never half done
-        ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
-    threads = choose_threads()  # CPU runs on a busy machine: the idle cores (threads.py)
-    cli.build_classes()
-    return fit_cli(cli, ckpt_path, f"{header}, {threads} CPU thread{'s' * (threads > 1)}")
+    check_inputs(cli.recipe)  # init_from, profile.path, placement: before anything is written
+    with ExitStack() as stack:
+        # One run per directory, locked before anything in it is written; the other ranks that
+        # Lightning's launcher starts re-run this command line and must not wait for the lock.
+        if is_first_process():
+            stack.enter_context(run_lock(cli.recipe.trainer.out_dir))
+        # The one resume/overwrite decision, on the recipe as parsed (--trainer.* flags included);
+        # it refuses a mismatching resume before anything else in the run directory is written.
+        with held():  # may move an earlier run aside: never half done
+            ckpt_path = prepare_run(cli.recipe, args.resume, args.overwrite)
+        threads = choose_threads()  # CPU runs on a busy machine: the idle cores (threads.py)
+        cli.build_classes()
+        return fit_cli(cli, ckpt_path, f"{header}, {threads} CPU thread{'s' * (threads > 1)}")
 
 
 def fit(recipe: Recipe, ckpt_path: str | None = None, trainer_args: list[str] | None = None) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from rich.console import Console
 from rich.markup import escape
 
 from moelight.errors import MoelightError
+from moelight.training.startup_signals import Interrupted, early_handler, end_launched_rank, exit_code
 
 VERBS = {
     "fit": ("moelight.cli.fit", "train a model from a recipe"),
@@ -42,6 +44,23 @@ def quiet_third_party() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = early_handler()  # first: a SIGTERM while torch and Lightning import is "interrupted", 143
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        end_launched_rank(signal.SIGINT)
+        return 130
+    except Interrupted as exc:  # SIGTERM before a verb's own handling took over
+        err_console.print(f"[yellow]{exc.signal.name}: interrupted before training started, nothing saved[/]")
+        end_launched_rank(exc.signal)  # a rank Lightning launched must not end before its launcher
+        return exit_code(exc.signal)
+    finally:
+        for sig, handler in (previous or {}).items():  # in-process (tests, notebooks): leave none behind
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -62,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     except MoelightError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        return 130
     return int(code or 0)
 
 

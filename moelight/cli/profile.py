@@ -1,4 +1,5 @@
-"""`moelight profile CHECKPOINT --out DIR [--data PATH] [--max-tokens N] [--devices N,...]`."""
+"""`moelight profile CHECKPOINT --out DIR [--data PATH] [--max-tokens N | --docs N --tokens-per-doc L]
+[--devices N,...]`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ DESCRIPTION = """Run a trained model over a corpus and write its collaboration p
   profile.json         metadata and summary metrics
   coactivation.png, concentration.png
 Use DIR (or DIR/profile.safetensors) as `profile.path` of a c2r recipe.
+As the C2R paper profiled (200 LongBench contexts x their first 1024 tokens):
+  moelight profile CKPT --out DIR --data long_docs.jsonl --docs 200 --tokens-per-doc 1024
 Recipe overrides (key.path=value) change the checkpoint's recipe, e.g. data.batch_size=32."""
 
 console = Console()
@@ -34,12 +37,25 @@ def parser() -> VerbParser:
         "--data",
         metavar="PATH",
         help="profile on this text/jsonl file or directory instead of the recipe's validation data "
-        "(it becomes data.source; its validation split is used)",
+        "(it becomes data.source; its validation split is used, or with --docs its long documents)",
     )
     p.add_argument(
         "--max-tokens",
         type=PositiveInt | None,
         help="stop after N tokens (default: the whole validation split)",
+    )
+    p.add_argument(
+        "--docs",
+        type=PositiveInt | None,
+        help="profile N documents of the corpus (--data, else the recipe's data.source) instead of "
+        "its validation split: N sampled (seeded by the recipe's seed) among those with at least "
+        "--tokens-per-doc tokens, one row each",
+    )
+    p.add_argument(
+        "--tokens-per-doc",
+        type=PositiveInt | None,
+        metavar="L",
+        help="with --docs: the first L tokens of each document (the paper: 1024)",
     )
     p.add_argument(
         "--devices",
@@ -66,9 +82,23 @@ def run(argv: list[str]) -> int:
         if not Path(args.data).exists():
             raise MoelightError(f"--data: {args.data} not found")
         overrides.append(f"data.source={Path(args.data).resolve()}")
+        if args.docs is not None:
+            # A corpus of documents, whatever the checkpoint trained on (an SFT model's recipe says
+            # instruct); a later data.format=... override still wins.
+            overrides.insert(0, "data.format=auto")
+    if (args.docs is None) != (args.tokens_per_doc is None):
+        raise MoelightError("--docs and --tokens-per-doc go together: N documents x their first L tokens")
+    if args.docs is not None and args.max_tokens is not None:
+        raise MoelightError("--max-tokens and --docs both set the tokens to profile: give one")
+    documents = None if args.docs is None else (args.docs, args.tokens_per_doc)
     devices = list(dict.fromkeys(args.devices))
     return profile(
-        args.checkpoint, args.out, max_tokens=args.max_tokens, devices=devices, overrides=overrides
+        args.checkpoint,
+        args.out,
+        max_tokens=args.max_tokens,
+        devices=devices,
+        overrides=overrides,
+        documents=documents,
     )
 
 
@@ -79,8 +109,10 @@ def profile(
     devices: list[int] | None = None,
     overrides: list[str] | None = None,
     quiet: bool = False,
+    documents: tuple[int, int] | None = None,
 ) -> int:
-    """The `moelight profile` verb as a function (the benchmark calls it directly)."""
+    """The `moelight profile` verb as a function (the benchmark calls it directly).
+    `documents=(N, L)`: the first L tokens of N long documents instead of the validation split."""
     # Imported when the verb runs, not with the CLI: `moelight --help` stays fast.
     from moelight.c2r.plots import coactivation_grid, concentration_plot
     from moelight.c2r.profiling import (
@@ -99,15 +131,21 @@ def profile(
     for p in devices or []:
         if num_experts % p:
             raise MoelightError(f"--devices {p}: {num_experts} experts cannot be split into {p} equal groups")
-    datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
-    datamodule.setup("validate")
+    data_meta: dict = {"source": recipe.data.source, "split": "validation", "seq_len": recipe.data.seq_len}
+    if documents is None:
+        datamodule = MoEDataModule(recipe.data, seed=recipe.seed)
+        datamodule.setup("validate")
+        batches = datamodule.val_dataloader()
+    else:
+        batches = _document_batches(recipe, *documents)
+        data_meta = {"source": recipe.data.source, "docs": documents[0], "tokens_per_doc": documents[1]}
     start = time.perf_counter()
-    result = profile_model(loaded.model, datamodule.val_dataloader(), max_tokens=max_tokens)
+    result = profile_model(loaded.model, batches, max_tokens=max_tokens)
     wall = time.perf_counter() - start
     layers = recipe.model.moe_layers
     meta = {
         "checkpoint": str(checkpoint),
-        "data": {"source": recipe.data.source, "split": "validation", "seq_len": recipe.data.seq_len},
+        "data": data_meta,
         "max_tokens": max_tokens,
         "moe_layers": layers,
         "router": recipe.router,
@@ -133,6 +171,22 @@ def profile(
         _report(result, stats, out_dir, wall)
     say(f"[bold green]profile written[/]: {out_dir} (profile.path={out_dir})")
     return 0
+
+
+def _document_batches(recipe, docs: int, tokens_per_doc: int) -> list:
+    """Rows of the first `tokens_per_doc` tokens of `docs` long documents, in batches of
+    data.batch_size, each with its next-token targets (the last position has none)."""
+    import torch
+
+    from moelight.data.long_documents import long_document_rows
+    from moelight.data.tokenizer import load_tokenizer
+
+    rows = long_document_rows(
+        recipe.data, load_tokenizer(recipe.data.tokenizer), docs, tokens_per_doc, recipe.seed
+    )
+    targets = torch.cat([rows[:, 1:], torch.full_like(rows[:, :1], -100)], dim=1)
+    size = recipe.data.batch_size
+    return [(rows[i : i + size], targets[i : i + size]) for i in range(0, len(rows), size)]
 
 
 def _report(result, stats: dict, out_dir: Path, wall: float) -> None:

@@ -17,7 +17,8 @@ Each document has a stable key (its relative path, or ``file:line`` for a jsonl 
 to validation when ``sha256(key)`` read as a fraction in [0, 1) is below ``val_fraction``. The
 decision depends on the key alone, so adding files never reshuffles the others. When that
 leaves a split empty (a single file, very few records), the split falls back to position: the
-last ``val_fraction`` of the token stream is validation.
+last ``val_fraction`` of the token stream is validation. ``val_fraction: 0`` puts everything in
+training (validation is then off, or read from ``data.val_source``).
 
 Every document is followed by the tokenizer's EOS id; each split is one 1-D token array.
 
@@ -330,6 +331,8 @@ def _tokenize(source: Source, tok: Tok, cfg: DataConfig) -> Corpus:
             chunks += [_encode(tok, data, dtype), eos]
         stream = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
         n_val = max(1, round(len(stream) * cfg.val_fraction)) if len(stream) > 1 else 0
+        if cfg.val_fraction == 0:
+            n_val = 0  # every token trains (validation off, or from data.val_source)
         cut = len(stream) - n_val
         vbytes = round(total * n_val / max(1, len(stream)))
         train = TokenSplit(tokens=stream[:cut], documents=ndoc, bytes=total - vbytes)

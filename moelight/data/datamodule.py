@@ -176,10 +176,13 @@ class MoEDataModule(L.LightningDataModule):
         if self._corpus is not None:
             return
         cfg = self.config
-        if cfg.format == "instruct":
-            corpus = build_instruct_corpus(cfg, self.tokenizer)
-        else:
-            corpus = build_corpus(cfg, self.tokenizer)
+        corpus = self._build(cfg)
+        if cfg.val_source is not None:
+            # All of val_source is validation: read it as a corpus with nothing held out and use
+            # its training side.
+            held = self._build(cfg.model_copy(update={"source": cfg.val_source}))
+            corpus.val = held.train
+            corpus.meta["val_examples"] = held.meta.get("train_examples", [])
         train, val = self._datasets(corpus)
         need = cfg.seq_len + 1
         if len(train) == 0:
@@ -188,13 +191,24 @@ class MoEDataModule(L.LightningDataModule):
                 f"the training split has {len(corpus.train.tokens)} tokens, fewer than one sequence "
                 f"(data.seq_len + 1 = {need}); lower data.seq_len or raise data.max_bytes",
             )
-        if len(val) == 0:
+        if len(val) == 0 and cfg.val_source is not None:
+            raise ConfigError(
+                "data.val_source",
+                f"{cfg.val_source} has {len(corpus.val.tokens)} tokens, fewer than one sequence "
+                f"(data.seq_len + 1 = {need})",
+            )
+        if len(val) == 0 and cfg.has_validation:
             raise ConfigError(
                 "data.val_fraction",
                 f"the validation split has {len(corpus.val.tokens)} tokens, fewer than one sequence "
                 f"(data.seq_len + 1 = {need}); raise data.val_fraction or data.max_bytes",
             )
         self._corpus, self._train, self._val = corpus, train, val
+
+    def _build(self, cfg: DataConfig) -> Corpus:
+        if cfg.format == "instruct":
+            return build_instruct_corpus(cfg, self.tokenizer)
+        return build_corpus(cfg, self.tokenizer)
 
     def _packed(self, split: TokenSplit) -> PackedDataset:
         return PackedDataset(split.tokens, self.config.seq_len, split.loss_mask)
@@ -254,6 +268,12 @@ class MoEDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         world_size, rank = self._data_parallel()
+        if not self.config.has_validation:
+            raise ConfigError(
+                "data.val_fraction",
+                "there is no validation data (data.val_fraction: 0 and no data.val_source); "
+                "set data.val_source=PATH or data.val_fraction > 0",
+            )
         val = self.val_dataset
         if len(val) < world_size:
             raise ConfigError(
@@ -301,7 +321,9 @@ class MoEDataModule(L.LightningDataModule):
                 f"data: {corpus.source}; tokenizer {tok_name} (vocab {tok.vocab_size}); "
                 f"split by {corpus.split}",
                 split_line("train", corpus.train, train),
-                split_line("val", corpus.val, val),
+                split_line("val", corpus.val, val)
+                if self.config.has_validation
+                else "  val: none (data.val_fraction: 0, no data.val_source)",
                 f"  cache: {cache}",
             ]
         )

@@ -149,6 +149,12 @@ def parse_record(record: Any, where: str = "record") -> list[Message]:
     return system + turns[first_user:]
 
 
+def first_exchange(messages: list[Message]) -> list[Message]:
+    """`data.turns: first`: the system message (if any), the first question and its answer."""
+    answer = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[: answer + 1]
+
+
 # ---- rendering and tokenising --------------------------------------------------------------
 
 
@@ -315,10 +321,14 @@ def read_records(path: Path, rel: str | None = None) -> Iterator[tuple[str, Any,
 
 
 def load_examples(
-    source: str | Path, tokenizer: Tok, max_bytes: int | None = None, prompt_template: str = "auto"
+    source: str | Path,
+    tokenizer: Tok,
+    max_bytes: int | None = None,
+    prompt_template: str = "auto",
+    turns: str = "all",
 ) -> list[Example]:
     """Every conversation under `source`, tokenised with its response mask (the first `max_bytes`
-    bytes of records when given)."""
+    bytes of records when given); `turns="first"` keeps each one's first exchange only."""
     encoder = ChatEncoder(tokenizer, prompt_template)
     out: list[Example] = []
     budget = float("inf") if max_bytes is None else max_bytes
@@ -327,7 +337,10 @@ def load_examples(
             if budget <= 0:
                 return out
             budget -= size
-            ids, mask = encoder.encode(parse_record(record, key), key)
+            messages = parse_record(record, key)
+            if turns == "first":
+                messages = first_exchange(messages)
+            ids, mask = encoder.encode(messages, key)
             out.append(Example(key, ids, mask))
     return out
 
@@ -385,11 +398,11 @@ def build_instruct_corpus(cfg: DataConfig, tokenizer: Tok) -> Corpus:
 
     A conversation goes to validation by the hash of its key (as documents do in the text
     corpus); when that leaves a split empty, the last `val_fraction` of the conversations (at
-    least one) are validation.
+    least one) are validation; `val_fraction: 0` trains on every conversation.
     """
     if cfg.source == "embedded":
         raise ConfigError("data.source", "data.format: instruct needs a local .jsonl/.json file or directory")
-    examples = load_examples(cfg.source, tokenizer, cfg.max_bytes, cfg.prompt_template)
+    examples = load_examples(cfg.source, tokenizer, cfg.max_bytes, cfg.prompt_template, cfg.turns)
     if not examples:
         raise ConfigError(FIELD, f"{cfg.source}: no conversations found")
     flags = [is_validation(e.key, cfg.val_fraction) for e in examples]
@@ -397,6 +410,8 @@ def build_instruct_corpus(cfg: DataConfig, tokenizer: Tok) -> Corpus:
     if all(flags) or not any(flags):
         split = "position"
         n_val = max(1, round(len(examples) * cfg.val_fraction)) if len(examples) > 1 else 0
+        if cfg.val_fraction == 0:
+            n_val = 0  # every conversation trains (validation off, or from data.val_source)
         flags = [i >= len(examples) - n_val for i in range(len(examples))]
     train_examples = [e for e, v in zip(examples, flags, strict=True) if not v]
     val_examples = [e for e, v in zip(examples, flags, strict=True) if v]

@@ -4,7 +4,8 @@ Registered with lm-eval as model `moelight` when this module is imported (lm-eva
 plugin discovery: `moelight eval` and `moelight-lm-eval` import it before lm-eval runs).
 
 Scoring follows lm-eval's Hugging Face model: a continuation is scored after its context,
-left-truncated to the model's window (the recipe's `data.seq_len` unless `max_length` is given);
+left-truncated to the model's window (`context_length`: `model.max_position_embeddings`, else
+`data.seq_len`, unless `max_length` is given);
 an empty context is replaced by the tokenizer's EOS, the document separator the model was trained
 with. Requests are sorted by length (longest first) and scored in right-padded batches: the
 model is causal and routes each token on its own, so padding after a sequence changes nothing
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from moelight.errors import MoelightError
 from moelight.eval.model import EvalModel, load_eval_model
+from moelight.recipe import Recipe
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "moelight"
@@ -43,6 +45,13 @@ def _int_arg(name: str, value: Any, default: int) -> int:
     if out < 1:
         raise MoelightError(f"{name}={value!r}: expected a positive integer")
     return out
+
+
+def context_length(recipe: Recipe) -> int:
+    """The window a model is scored in: the model's own context length (`model.max_position_embeddings`,
+    which `convert import` copies from the HF config, as lm-eval's HF model reads it), else the
+    length a moelight-trained model's rotary positions were trained on (`data.seq_len`)."""
+    return recipe.model.max_position_embeddings or recipe.data.seq_len
 
 
 class MoelightLM(TemplateLM):
@@ -77,7 +86,7 @@ class MoelightLM(TemplateLM):
             model = load_eval_model(checkpoint, recipe, device=device, dtype=dtype)
         self.loaded = model
         self.batch_size = _int_arg("batch_size", batch_size, DEFAULT_BATCH_SIZE)
-        self.max_length = _int_arg("max_length", max_length, model.recipe.data.seq_len)
+        self.max_length = _int_arg("max_length", max_length, context_length(model.recipe))
 
     # ---- what TemplateLM needs -----------------------------------------------------------
 

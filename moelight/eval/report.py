@@ -1,7 +1,8 @@
 """Results tables: one headline number per task, side by side across checkpoints, with deltas.
 
-Accuracy-like metrics (higher is better) are shown in percent and averaged, as the C2R paper's
-table does; perplexity-like metrics (lower is better) are shown as they are and left out of the
+Accuracy-like metrics (higher is better) are shown in percent and averaged: the C2R paper states
+its result as an average accuracy over its benchmarks (arXiv 2504.01337), and the per-task percent
+columns follow LLaMA-MoE's README results table (pjlab-sys4nlp/llama-moe); perplexity-like metrics (lower is better) are shown as they are and left out of the
 average, which would otherwise mix scales.
 """
 

@@ -56,6 +56,8 @@ def common_model_fields(cfg: dict[str, Any], source: str, rope_default: float) -
         "rope_theta": rope_theta(cfg, source, rope_default),
         "norm_eps": cfg.get("rms_norm_eps", 1e-6),
         "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        # The context length, as lm-eval's HF model reads it: `moelight eval`'s default window.
+        "max_position_embeddings": cfg.get("max_position_embeddings"),
     }
 
 
@@ -104,7 +106,7 @@ def common_hf_fields(model: ModelConfig) -> dict[str, Any]:
         # Both spellings: transformers 5 reads rope_parameters, 4.x reads rope_theta.
         "rope_theta": model.rope_theta,
         "rope_parameters": {"rope_theta": model.rope_theta, "rope_type": "default"},
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": model.max_position_embeddings or 4096,
         "initializer_range": model.init_std,
         "attention_dropout": 0.0,
         "use_cache": True,

@@ -57,9 +57,13 @@ def build_model(
         if cfg.shared_expert_ffn_hidden_size:
             shared = SwiGLU(cfg.hidden_size, cfg.shared_expert_ffn_hidden_size)
             gate = nn.Linear(cfg.hidden_size, 1, bias=False) if cfg.shared_expert_gate else None
+        router = routers.build(recipe.router, ctx, field="router")
+        if getattr(router.params, "freeze_gate", False):
+            # router.freeze_gate: the gate keeps its loaded weights; the optimizer skips frozen parameters.
+            router.requires_grad_(False)
         moe_layers[ctx.layer_index] = MoELayer(
             ctx,
-            routers.build(recipe.router, ctx, field="router"),
+            router,
             experts,
             dispatchers.build(recipe.dispatcher, ctx, experts, ep, field="dispatcher"),
             shared,

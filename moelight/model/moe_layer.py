@@ -53,9 +53,9 @@ class MoELayer(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         routing = self.router(flat)
-        if (
-            self.training and not recomputing()
-        ):  # a plugin's bad output fails here, naming it, not deep in a dispatcher
+        # a plugin's bad output fails here, naming it, not deep in a dispatcher (its type always;
+        # its values once per step: not again when checkpointing recomputes the forward)
+        if (self.training and not recomputing()) or not isinstance(routing, Routing):
             check_routing(routing, flat.shape[0], self.ctx, self.router, self.check_routing_values)
         y = self.experts(self.dispatcher, flat, routing)  # through the experts: see ExpertWeights.forward
         if self.shared_expert is not None:

@@ -27,6 +27,8 @@ def _shape(t: object) -> str:
 
 def contract_problems(routing: Routing, tokens: int, ctx: LayerContext, values: bool = True) -> list[str]:
     """What is wrong with `routing` for `tokens` tokens (empty when it keeps the contract)."""
+    if not isinstance(routing, Routing):
+        return [f"forward must return a Routing, got {type(routing).__name__}"]
     k, e = ctx.top_k, ctx.num_experts
     experts, weights, logits = routing.experts, routing.weights, routing.logits
     if not all(torch.is_tensor(t) for t in (experts, weights, logits)):

@@ -1,4 +1,4 @@
-"""What every top-k-like router shares: five parameters and the routing tail that uses them.
+"""What every top-k-like router shares: six parameters and the routing tail that uses them.
 
 A router whose `Params` derive from `StandardRoutingParams` chooses its experts its own way and
 ends with `finish_routing(logits, scores, experts, self.params)`: combine weights from the
@@ -31,6 +31,11 @@ class StandardRoutingParams(PluginParams):
     )
     aux_loss_coef: float = Field(0.01, ge=0, description="Switch/GShard load-balancing loss weight")
     z_loss_coef: float = Field(0.0, ge=0, description="router z-loss weight (ST-MoE)")
+    freeze_gate: bool = Field(
+        False,
+        description="keep the router's parameters (gate, gate noise) as loaded: no gradient, no "
+        "optimizer state (llama-moe's --freeze_gate)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -146,10 +146,13 @@ class NonFiniteGuard(L.Callback):
             if self.policy == "skip"
             else ""
         )
-        raise TrainingStopped(
-            f"training diverged at step {step}: {what}{bound}; {NOT_WRITTEN}; "
-            "lower optim.lr, check the router, or set trainer.on_nonfinite=skip"
+        advice = (
+            # skipping is what ran out: more skips rarely help, a smaller step or a fixed router do
+            "lower optim.lr, check the router, or resume from an earlier checkpoint"
+            if self.policy == "skip"
+            else "lower optim.lr, check the router, or set trainer.on_nonfinite=skip"
         )
+        raise TrainingStopped(f"training diverged at step {step}: {what}{bound}; {NOT_WRITTEN}; {advice}")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """After an update: are the weights still finite? (Before a checkpoint or the next forward.)"""

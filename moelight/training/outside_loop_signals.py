@@ -27,15 +27,9 @@ from typing import Any
 import lightning as L
 
 from moelight.training.signals import SIGNALS, PreemptionGuard
+from moelight.training.startup_signals import Interrupted, StartupWatch, marked_as_launcher
 
-
-class Interrupted(BaseException):
-    """A stop signal before training started (a BaseException, like KeyboardInterrupt: no
-    `except Exception` in data or plugin code may swallow it)."""
-
-    def __init__(self, sig: signal.Signals):
-        super().__init__(sig.name)
-        self.signal = sig
+__all__ = ["Interrupted", "held", "late_signal", "signals_outside_training", "TrainingStarted"]
 
 
 @dataclass
@@ -71,12 +65,22 @@ def signals_outside_training() -> Iterator[None]:
     global _state
     _state = _State(active=True)
     previous = {sig: signal.signal(sig, _handler) for sig in SIGNALS}
+    watch = StartupWatch(active=_start_up_in_charge, raised=lambda: _state.raised)
     try:
-        yield
+        with marked_as_launcher():
+            yield
     finally:
+        watch.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _state = _State()
+
+
+def _start_up_in_charge() -> bool:
+    """Start-up signal handling (startup_signals.StartupWatch) applies: our handler is in, training
+    has not started, and no run-directory write is in progress."""
+    ours = all(signal.getsignal(sig) is _handler for sig in SIGNALS)
+    return ours and _state.active and not _state.started and not _state.holding
 
 
 @contextmanager

@@ -68,6 +68,8 @@ def trainer_arguments(recipe: Recipe) -> dict[str, Any]:
         kwargs[arg] = getattr(getattr(recipe, section), field)
     # Steps, not epochs: the training stream is endless, so validation counts steps.
     kwargs.update(check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    if not recipe.data.has_validation:
+        kwargs["limit_val_batches"] = 0  # data.val_fraction: 0 without data.val_source: no validation
     # `moelight fit` prints its own header (global parameter counts, FLOPs per token); Lightning's
     # summary would add rank-local counts and "Total FLOPs: 0". --trainer.enable_model_summary true
     # brings it back.

@@ -21,8 +21,17 @@ from moelight.api import LayerContext, PluginParams, Router, Routing, routers
 class FaultyRouter(Router):
     class Params(PluginParams):
         fault: Literal[
-            "none", "nan_weights", "inf_logits", "wide", "duplicate", "out_of_range", "int32", "short_logits"
-        ] = "none"
+            "none",
+            "nan_weights",
+            "inf_logits",
+            "wide",
+            "duplicate",
+            "out_of_range",
+            "int32",
+            "short_logits",
+            "tuple",
+            "none_returned",
+        ] = Field("none", description="what the router returns instead of a valid Routing")
         from_call: int = Field(1, ge=1, description="the first training call that misbehaves")
         until_call: int | None = Field(None, ge=1, description="the last one (None: every later call)")
         layer: int = Field(0, ge=0, description="the model layer whose router misbehaves")
@@ -64,4 +73,8 @@ class FaultyRouter(Router):
             experts = experts.int()
         elif p.fault == "short_logits":
             logits = logits[:, :-1]
+        elif p.fault == "tuple":
+            return experts, weights, logits  # not a Routing
+        elif p.fault == "none_returned":
+            return None
         return Routing(experts, weights, logits)

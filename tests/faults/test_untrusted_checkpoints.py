@@ -10,6 +10,7 @@ way, it does create the marker. The honest form of the same directory loads.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import shutil
@@ -100,7 +101,8 @@ def test_the_plant_runs_when_unpickled_unsafely(tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_no_planted_pickle_runs(kind, tmp_path, run_env, capsys):
+def test_no_planted_pickle_runs(kind, tmp_path, run_env, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # `chat` of a loadable model reads its prompts
     marker = tmp_path / "PWNED"
     run = tmp_path / "run"
     tiny = [*TINY, f"trainer.out_dir={run}"]
@@ -111,11 +113,14 @@ def test_no_planted_pickle_runs(kind, tmp_path, run_env, capsys):
         code = main(argv)
         err = capsys.readouterr().err
         assert not marker.exists(), f"{kind}: `{name}` ran code from the checkpoint"
+        if kind == "consolidated.ckpt" and code == 0 and not name.startswith("fit --resume"):
+            continue  # it reads the shards one by one and never opens consolidated.ckpt (a resume does)
         assert code == 2, f"{kind}: `{name}` exited {code}: {err[-2000:]}"
         assert err.count("error:") == 1 and "Traceback" not in err, (name, err)  # one message
         err = " ".join(err[err.index("error:") :].split())  # (rich wraps it at the terminal width)
         assert "weights_only" not in err, (name, err)  # never advise unsafe loading
-        if kind != "single file" and name != "fit --resume last":
+        reads_it = kind != "consolidated.ckpt" or name.startswith("fit --resume")
+        if kind != "single file" and name != "fit --resume last" and reads_it:
             planted = {"legacy meta.pt": "meta.pt", "DCP .metadata": ".metadata"}.get(kind, kind)
             assert planted in err or "corrupt checkpoint" in err, (name, err)
 
