@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from moelight.load import load_init_weights
+from moelight.load import check_init_weights
 from moelight.model.build import build_model, layer_contexts
+from moelight.parallel.groups import check_world_size
 from moelight.recipe import Recipe
+from moelight.training.validate_ep import check_expert_parallel_recipe
 
 
 def check_inputs(recipe: Recipe) -> None:
@@ -21,4 +23,18 @@ def check_inputs(recipe: Recipe) -> None:
     if recipe.model.init_from:
         with torch.device("meta"):
             model = build_model(recipe, contexts=contexts)
-        load_init_weights(model, recipe.model.init_from)  # readable, and fits this model
+        # opens the file and checks names and shapes, reading no tensor: the launching process
+        # must not hold the model (each rank later reads only its shard)
+        check_init_weights(model, recipe.model.init_from)
+    check_parallel(recipe)
+
+
+def check_parallel(recipe: Recipe) -> None:
+    """Expert parallelism and FSDP settings that cannot work (P not dividing the world size or
+    the experts, a dispatcher that cannot run sharded): before the run directory is locked."""
+    p = recipe.parallel
+    if p.expert_parallel > 1 or p.fsdp:
+        check_expert_parallel_recipe(recipe)
+    t = recipe.trainer
+    if isinstance(t.devices, int) and t.devices > 0 and isinstance(t.num_nodes, int):
+        check_world_size(t.devices * t.num_nodes, p.expert_parallel)
