@@ -111,7 +111,7 @@ def test_typed_options_and_overrides_parse():
         (["profile", "c", "d", "--out", "o"], "unexpected argument 'd' (see `moelight profile --help`)"),
         (
             ["profile", "c", "--out", "o", "--max-token", "3"],
-            "unknown option '--max-token' (options: --help, --out, --data, --max-tokens, --devices, --override;",
+            "unknown option '--max-token' (options: --help, --out, --data, --max-tokens, --docs, --tokens-per-doc, --devices, --override;",
         ),
         (
             ["bench", "layer", "model.n_layers=2"],
