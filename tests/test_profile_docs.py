@@ -7,6 +7,7 @@ import json
 import random
 
 import torch
+from test_profile import LAYERS, K, tiny_model, tiny_recipe
 
 from moelight.c2r.profile_file import read_profile
 from moelight.c2r.profiling import profile_model
@@ -15,31 +16,13 @@ from moelight.data.tokenizer import ByteTokenizer
 from moelight.load import load_checkpoint
 from moelight.recipe import validate_recipe
 
-E, K, LAYERS = 6, 2, 2
 SEED = 5
 
 
 def write_checkpoint(path, instruct: bool = False):
-    recipe = {
-        "model": {
-            "n_layers": LAYERS,
-            "hidden_size": 32,
-            "n_heads": 2,
-            "ffn_hidden_size": 32,
-            "num_experts": E,
-            "top_k": K,
-            "expert_ffn_hidden_size": 16,
-        },
-        "data": {"batch_size": 2, "seq_len": 16},
-        "seed": SEED,
-    }
-    torch.manual_seed(0)
-    from moelight.model.build import build_model
-
-    model = build_model(validate_recipe(recipe))
-    with torch.no_grad():  # spread the router scores so routings vary between tokens
-        for layer in model.moe_layers:
-            layer.router.gate.weight.normal_(0, 1.0)
+    # test_profile's tiny model (its router scores spread so routings vary), saved as a checkpoint
+    recipe = {**tiny_recipe(), "data": {"batch_size": 2, "seq_len": 16}, "seed": SEED}
+    model = tiny_model(recipe)
     torch.save(
         {
             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
